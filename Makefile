@@ -1,0 +1,37 @@
+# The front door: `make run` starts a local stack, `make test` runs every test.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: run test test-fast lint bench services real-vllm real-vllm-stop clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $(STAMP)
+
+services:
+	bash scripts/ensure-services.sh
+
+run: $(STAMP) services
+	$(BIN)/llm-dispatcher dev
+
+test: $(STAMP) services
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Everything except the real-vLLM tier (it installs and starts a real vLLM on CPU: minutes).
+test-fast: $(STAMP) services
+	$(BIN)/python -m pytest -m 'not real_vllm' $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check llm_dispatcher sender consumer tests bench
+	$(BIN)/mypy
+
+bench: $(STAMP) services
+	$(BIN)/python bench/overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,107 @@
+"""One error tree for the whole project, rendered as the OpenAI error envelope at the HTTP edge.
+
+    DispatcherError                      (status, type, code)
+    ├── AuthenticationError              401 invalid_api_key
+    ├── InvalidRequestError              400 invalid_request_error
+    │   └── PayloadTooLargeError         413 request_too_large
+    ├── ModelNotFoundError               404 model_not_found
+    ├── OverThresholdError               429 queue_over_threshold (+ Retry-After)
+    ├── ServiceUnavailableError          503 (+ Retry-After)
+    │   ├── QueueTimeoutError            503 queue_timeout
+    │   ├── NoReplicaError               503 no_live_replica
+    │   └── BrokerUnavailableError       503 broker_unavailable
+    └── UpstreamError                    502 upstream_unreachable
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import orjson
+
+
+class DispatcherError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "internal_error"
+    code: ClassVar[str | None] = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param, self.code)
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"retry-after": str(max(1, round(self.retry_after)))}
+
+
+class AuthenticationError(DispatcherError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class InvalidRequestError(DispatcherError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request_error"
+
+
+class PayloadTooLargeError(InvalidRequestError):
+    status = 413
+    code = "request_too_large"
+
+
+class ModelNotFoundError(DispatcherError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class PermissionDeniedError(DispatcherError):
+    status = 403
+    type = "permission_error"
+    code = "model_not_allowed"
+
+
+class OverThresholdError(DispatcherError):
+    status = 429
+    type = "rate_limit_error"
+    code = "queue_over_threshold"
+
+
+class ServiceUnavailableError(DispatcherError):
+    status = 503
+    type = "service_unavailable"
+    code = "service_unavailable"
+
+
+class QueueTimeoutError(ServiceUnavailableError):
+    code = "queue_timeout"
+
+
+class NoReplicaError(ServiceUnavailableError):
+    code = "no_live_replica"
+
+
+class BrokerUnavailableError(ServiceUnavailableError):
+    code = "broker_unavailable"
+
+
+class UpstreamError(DispatcherError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_unreachable"
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | int | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_bytes(exc: DispatcherError) -> bytes:
+    return orjson.dumps(exc.body())
