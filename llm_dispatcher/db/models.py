@@ -1,0 +1,131 @@
+"""Table definitions (SQLAlchemy Core) and the plain records the rest of the project sees.
+
+Portable across SQLite, PostgreSQL and MySQL/MariaDB: bounded VARCHARs, DOUBLE for seconds,
+DATETIME(6) on MySQL, and naive UTC in every datetime column (converted to aware UTC on read).
+The migration in `llm_dispatcher/migrations/versions` creates exactly these tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+NAME_LEN = 128
+HASH_LEN = 64
+MODEL_LEN = 255
+REPLICA_LEN = 255
+REQUEST_ID_LEN = 64
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# DATETIME without fsp truncates to whole seconds on MySQL.
+UtcDateTime = sa.DateTime(timezone=False).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+# usage grows without bound: 64-bit ids, except SQLite where only INTEGER PRIMARY KEY autoincrements.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(NAME_LEN), nullable=False, unique=True),
+    sa.Column("token_hash", sa.String(HASH_LEN), nullable=False, unique=True),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("threshold", sa.Integer, nullable=False),
+    sa.Column("allowed_models", sa.Text, nullable=True),  # JSON list; NULL = every model
+    sa.Column("expires_at", UtcDateTime, nullable=True),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    mysql_charset="utf8mb4",
+    mysql_engine="InnoDB",
+)
+
+usage = sa.Table(
+    "usage",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("created_at", UtcDateTime, nullable=False, index=True),
+    sa.Column("token_id", sa.Integer, nullable=True),
+    sa.Column("token_name", sa.String(NAME_LEN), nullable=False),
+    sa.Column("model", sa.String(MODEL_LEN), nullable=False),
+    sa.Column("replica", sa.String(REPLICA_LEN), nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("prompt_tokens", sa.Integer, nullable=True),
+    sa.Column("completion_tokens", sa.Integer, nullable=True),
+    sa.Column("queue_wait_s", sa.Double, nullable=False),
+    sa.Column("ttfb_s", sa.Double, nullable=True),
+    sa.Column("total_s", sa.Double, nullable=False),
+    sa.Column("request_id", sa.String(REQUEST_ID_LEN), nullable=False),
+    mysql_charset="utf8mb4",
+    mysql_engine="InnoDB",
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_db_time(value: datetime | None) -> datetime | None:
+    """Aware (any zone) or naive-meaning-UTC -> naive UTC, the form every column stores."""
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+def from_db_time(value: datetime | None) -> datetime | None:
+    """Naive UTC from the database -> aware UTC. Drivers that return aware values are normalised."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """An API token as the gateway sees it. Never carries the plaintext or the hash."""
+
+    id: int
+    name: str
+    priority: int
+    threshold: int
+    allowed_models: tuple[str, ...] | None
+    expires_at: datetime | None
+    enabled: bool
+
+    def allows(self, model: str) -> bool:
+        return self.allowed_models is None or model in self.allowed_models
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or utcnow())
+
+
+@dataclasses.dataclass(slots=True)
+class UsageRecord:
+    """One row of `usage`: one per proxied request, whatever its outcome."""
+
+    token_id: int | None
+    token_name: str
+    model: str
+    replica: str
+    priority: int
+    status: int
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    queue_wait_s: float
+    ttfb_s: float | None
+    total_s: float
+    request_id: str
+    created_at: datetime = dataclasses.field(default_factory=utcnow)
