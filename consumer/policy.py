@@ -1,0 +1,66 @@
+"""Admission: may this replica take one more ticket now? A pure function of a snapshot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    ADMIT = "admit"
+    ADMIT_METRICS_STALE = "admit_metrics_stale"  # /metrics unreadable: the in-flight cap alone decides
+    UNHEALTHY = "unhealthy"
+    AT_MAX_CONCURRENCY = "at_max_concurrency"
+    VLLM_WAITING = "vllm_waiting"
+    KV_CACHE_FULL = "kv_cache_full"
+    SLOW_TOKENS = "slow_tokens_per_user"
+    DRAINING = "draining"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_concurrency: int
+    max_waiting: float = 0
+    max_kv_cache_usage: float = 0.95
+    min_tokens_per_second_per_user: float = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    healthy: bool
+    in_flight: int
+    metrics_fresh: bool
+    running: float | None = None
+    waiting: float | None = None
+    kv_cache_usage: float | None = None
+    tokens_per_second: float | None = None
+    draining: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    admit: bool
+    reason: Reason
+
+
+def decide(s: Snapshot, limits: Limits) -> Decision:
+    if s.draining:
+        return Decision(False, Reason.DRAINING)
+    if not s.healthy:
+        return Decision(False, Reason.UNHEALTHY)
+    if s.in_flight >= limits.max_concurrency:
+        return Decision(False, Reason.AT_MAX_CONCURRENCY)
+    if not s.metrics_fresh:
+        return Decision(True, Reason.ADMIT_METRICS_STALE)
+    # An idle replica always takes work: the gate must never leave the engine empty while tickets wait.
+    if s.in_flight == 0 and not s.running:
+        return Decision(True, Reason.ADMIT)
+    if s.waiting is not None and s.waiting > limits.max_waiting:
+        return Decision(False, Reason.VLLM_WAITING)
+    if s.kv_cache_usage is not None and s.kv_cache_usage >= limits.max_kv_cache_usage:
+        return Decision(False, Reason.KV_CACHE_FULL)
+    floor = limits.min_tokens_per_second_per_user
+    if floor > 0 and s.running and s.tokens_per_second is not None:
+        if s.tokens_per_second / s.running < floor:
+            return Decision(False, Reason.SLOW_TOKENS)
+    return Decision(True, Reason.ADMIT)

@@ -1,0 +1,320 @@
+"""The consumer of one vLLM replica: pulls tickets only while the replica can serve them well.
+
+Pull-based balancing: while the policy says no, this consumer is not subscribed to the model queue
+at all (basic.cancel), so tickets stay in the queue for replicas with room. A ticket that arrives
+just as room runs out is handed back unacked (it keeps its place) after the subscription is cancelled.
+The grant is published before the ticket is acked: a crash in between redelivers the ticket, and the
+sender releases the second grant it did not wait for, so nothing is served twice and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import OrderedDict
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+
+from consumer.leases import LeaseTable
+from consumer.metrics import ConsumerMetrics
+from consumer.policy import Decision, Limits, Reason, Snapshot, decide
+from consumer.settings import ConsumerSettings
+from consumer.watcher import VllmWatcher
+from llm_dispatcher import amqp, protocol
+from llm_dispatcher.protocol import Cancel, Grant, Heartbeat, Release, Ticket
+
+log = logging.getLogger(__name__)
+
+_CANCELLED_MEMORY = 100_000  # ticket ids remembered as abandoned (bounded)
+
+
+class Consumer:
+    def __init__(self, settings: ConsumerSettings, metrics: ConsumerMetrics | None = None):
+        self.settings = settings
+        self.metrics = metrics or ConsumerMetrics()
+        self.labels = (settings.model, settings.replica_id)
+        self.limits = Limits(
+            max_concurrency=settings.max_concurrency,
+            max_waiting=settings.max_waiting,
+            max_kv_cache_usage=settings.max_kv_cache_usage,
+            min_tokens_per_second_per_user=settings.min_tokens_per_second_per_user,
+        )
+        self.leases = LeaseTable(settings.lease_ttl_s)
+        self.watcher = VllmWatcher(
+            settings.vllm_url,
+            interval_s=settings.scrape_interval_s,
+            stale_after_s=settings.metrics_stale_after_s,
+            unhealthy_after_s=settings.unhealthy_after_s,
+            on_change=self.poke,
+            metrics=self.metrics,
+            labels=self.labels,
+        )
+        self.draining = False
+        self.connected = False
+        self._cancelled: OrderedDict[str, None] = OrderedDict()
+        self._consumer_tag: str | None = None
+        self._gate_lock = asyncio.Lock()
+        self._gate_wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._control_name = f"{settings.queue_prefix}.ctl.{settings.replica_id}.{uuid.uuid4().hex[:8]}"
+        self.metrics.capacity.labels(*self.labels).set(settings.max_concurrency)
+
+    # -- state ---------------------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        return len(self.leases)
+
+    @property
+    def ready(self) -> bool:
+        return self.connected and self.watcher.healthy and not self.draining
+
+    def snapshot(self) -> Snapshot:
+        w = self.watcher
+        s = w.latest
+        return Snapshot(
+            healthy=w.healthy,
+            in_flight=self.in_flight,
+            metrics_fresh=w.metrics_fresh,
+            running=s.running if s else None,
+            waiting=s.waiting if s else None,
+            kv_cache_usage=s.kv_cache_usage if s else None,
+            tokens_per_second=w.tokens_per_second,
+            draining=self.draining,
+        )
+
+    def decide(self) -> Decision:
+        return decide(self.snapshot(), self.limits)
+
+    def poke(self) -> None:
+        """Something changed (release, scrape, health): re-run the gate soon."""
+        self._gate_wakeup.set()
+
+    # -- life cycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        st = self.settings
+        await self.watcher.start()
+        self.connection = await amqp.connect(st.amqp_url, f"consumer:{st.model}:{st.replica_id}")
+        self.connection.reconnect_callbacks.add(self._on_reconnect)
+        self.connection.close_callbacks.add(self._on_close)
+        self.channel = await self.connection.channel(publisher_confirms=False)
+        await self.channel.set_qos(prefetch_count=st.prefetch)
+        self.channel.return_callbacks.add(self._on_returned)
+        self.queue = await amqp.declare_model_queue(self.channel, st.queue_prefix, st.model, st.max_priority)
+        self.heartbeats = await amqp.declare_fanout(self.channel, protocol.heartbeat_exchange(st.queue_prefix))
+        cancels = await amqp.declare_fanout(self.channel, protocol.cancel_exchange(st.queue_prefix))
+        self.control = await self.channel.declare_queue(self._control_name, exclusive=True, auto_delete=True)
+        await self.control.bind(cancels)
+        await self.control.consume(self._on_control, no_ack=True)
+        self.connected = True
+        self._tasks = [
+            asyncio.create_task(self._gate_loop(), name="gate"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._expiry_loop(), name="lease-expiry"),
+        ]
+        self.poke()
+        log.info("consumer of %s for %s started (max_concurrency=%d)", st.model, st.advertise_url,
+                 st.max_concurrency, extra={"model": st.model, "replica": st.replica_id})
+
+    async def drain(self, grace_s: float | None = None) -> None:
+        """Stop pulling, tell the senders, let granted requests finish (up to the grace period)."""
+        self.draining = True
+        self.poke()
+        await self._set_pulling(False)
+        with contextlib.suppress(Exception):
+            await self._publish_heartbeat()
+        deadline = time.monotonic() + (self.settings.shutdown_grace_s if grace_s is None else grace_s)
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.in_flight:
+            log.warning("shutting down with %d requests still granted", self.in_flight)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.connected = False
+        with contextlib.suppress(Exception):
+            await self.connection.close()
+        await self.watcher.stop()
+
+    def _on_close(self, *_args) -> None:
+        self.connected = False
+        self._consumer_tag = None  # the broker forgot the subscription with the channel
+        log.warning("broker connection lost; reconnecting")
+
+    def _on_reconnect(self, *_args) -> None:
+        self.connected = True
+        log.info("broker connection restored")
+        self.poke()
+
+    # -- the gate: subscribe while the policy admits, cancel otherwise -------------------------
+    async def _gate_loop(self) -> None:
+        while True:
+            await self._gate_wakeup.wait()
+            self._gate_wakeup.clear()
+            decision = self.decide()
+            try:
+                await self._set_pulling(decision.admit and self.connected)
+            except Exception as exc:  # broker away: the next poke (at least every scrape) retries
+                log.warning("gate could not %s: %r", "subscribe" if decision.admit else "cancel", exc)
+                await asyncio.sleep(self.settings.scrape_interval_s)
+                self.poke()
+
+    async def _set_pulling(self, on: bool) -> None:
+        async with self._gate_lock:
+            if on and self._consumer_tag is None:
+                self._consumer_tag = await self.queue.consume(self._on_ticket)
+            elif not on and self._consumer_tag is not None:
+                tag, self._consumer_tag = self._consumer_tag, None
+                await self.queue.cancel(tag)
+            self.metrics.pulling.labels(*self.labels).set(1 if self._consumer_tag else 0)
+
+    # -- tickets -------------------------------------------------------------------------------
+    async def _on_ticket(self, message: AbstractIncomingMessage) -> None:
+        m, lab = self.metrics, self.labels
+        try:
+            ticket = Ticket.loads(message.body)
+        except Exception:
+            log.error("malformed ticket dropped: %r", message.body[:200])
+            m.dropped.labels(*lab, "malformed").inc()
+            await message.reject(requeue=False)
+            return
+        if ticket.id in self._cancelled:
+            m.dropped.labels(*lab, "cancelled").inc()
+            await message.ack()
+            return
+        if ticket.expired():
+            m.dropped.labels(*lab, "expired").inc()
+            await message.ack()
+            return
+        decision = self.decide()
+        m.decisions.labels(*lab, decision.reason.value).inc()
+        if not decision.admit:
+            # Stop the broker pushing more, then hand this one back: it keeps its place in the queue.
+            await self._set_pulling(False)
+            await message.nack(requeue=True)
+            m.returned.labels(*lab).inc()
+            self.poke()
+            return
+        lease = self.leases.grant(ticket.id)
+        m.in_flight.labels(*lab).set(self.in_flight)
+        grant = Grant(
+            ticket_id=ticket.id,
+            lease_id=lease.id,
+            url=self.settings.advertise_url,
+            replica=self.settings.replica_id,
+            release_to=self._control_name,
+            forward_priority=self.settings.forward_priority,
+        )
+        try:
+            await self.channel.default_exchange.publish(
+                aio_pika.Message(grant.dumps(), correlation_id=ticket.id, content_type="application/json"),
+                routing_key=message.reply_to or "",
+                mandatory=True,
+            )
+        except Exception:
+            log.exception("could not send grant; ticket goes back to the queue", extra={"ticket_id": ticket.id})
+            self._end_lease(lease.id, "grant_failed")
+            await message.nack(requeue=True)
+            return
+        await message.ack()
+        m.grants.labels(*lab).inc()
+        log.debug("granted %s (lease %s)", ticket.id, lease.id,
+                  extra={"ticket_id": ticket.id, "lease_id": lease.id, "request_id": ticket.request_id})
+        if self.in_flight >= self.limits.max_concurrency:
+            self.poke()
+
+    def _on_returned(self, message: AbstractIncomingMessage) -> None:
+        """A grant came back unroutable: its sender is gone. Free the slot."""
+        try:
+            grant = Grant.loads(message.body)
+        except Exception:
+            return
+        self.metrics.dropped.labels(*self.labels, "sender_gone").inc()
+        self._end_lease(grant.lease_id, "sender_gone")
+
+    async def _on_control(self, message: AbstractIncomingMessage) -> None:
+        kind = message.type
+        try:
+            if kind == "release":
+                release = Release.loads(message.body)
+                self._end_lease(release.lease_id, release.reason)
+            elif kind == "cancel":
+                for ticket_id in Cancel.loads(message.body).ticket_ids:
+                    self._cancelled[ticket_id] = None
+                while len(self._cancelled) > _CANCELLED_MEMORY:
+                    self._cancelled.popitem(last=False)
+            else:
+                log.warning("unknown control message type %r", kind)
+        except Exception:
+            log.exception("bad control message dropped")
+
+    def _end_lease(self, lease_id: str, reason: str) -> None:
+        if self.leases.release(lease_id) is None:
+            return
+        self.metrics.releases.labels(*self.labels, reason).inc()
+        self.metrics.in_flight.labels(*self.labels).set(self.in_flight)
+        self.poke()
+
+    # -- background loops ----------------------------------------------------------------------
+    async def _expiry_loop(self) -> None:
+        period = min(5.0, max(0.1, self.settings.lease_ttl_s / 4))
+        while True:
+            await asyncio.sleep(period)
+            for lease in self.leases.expire():
+                log.warning("lease %s expired unreleased", lease.id, extra={"lease_id": lease.id})
+                self.metrics.releases.labels(*self.labels, "expired").inc()
+            self.metrics.in_flight.labels(*self.labels).set(self.in_flight)
+            self.poke()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                await self._publish_heartbeat()
+            except Exception as exc:
+                log.debug("heartbeat not sent: %r", exc)
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+
+    async def _publish_heartbeat(self) -> None:
+        st, s = self.settings, self.watcher.latest
+        hb = Heartbeat(
+            model=st.model,
+            replica=st.replica_id,
+            url=st.advertise_url,
+            ready=self.ready,
+            max_concurrency=st.max_concurrency,
+            in_flight=self.in_flight,
+            interval_s=st.heartbeat_interval_s,
+            max_model_len=self.watcher.max_model_len,
+            running=s.running if s else None,
+            waiting=s.waiting if s else None,
+            kv_cache_usage=s.kv_cache_usage if s else None,
+        )
+        ttl_ms = int(max(1.0, st.heartbeat_interval_s * 3) * 1000)
+        await self.heartbeats.publish(
+            aio_pika.Message(hb.dumps(), expiration=ttl_ms / 1000, content_type="application/json"),
+            routing_key="",
+        )
+
+    def state(self) -> dict:
+        d = self.decide()
+        return {
+            "model": self.settings.model,
+            "replica": self.settings.replica_id,
+            "url": self.settings.advertise_url,
+            "ready": self.ready,
+            "pulling": self._consumer_tag is not None,
+            "in_flight": self.in_flight,
+            "max_concurrency": self.limits.max_concurrency,
+            "decision": d.reason.value,
+            "vllm_healthy": self.watcher.healthy,
+            "metrics_fresh": self.watcher.metrics_fresh,
+            "tokens_per_second": self.watcher.tokens_per_second,
+        }
+
+
+__all__ = ["Consumer", "Reason"]

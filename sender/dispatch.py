@@ -1,0 +1,233 @@
+"""The sender's side of the broker: tickets out, grants in, releases and cancels out, heartbeats in.
+
+One future per waiting request, keyed by ticket id and removed when the wait ends however it ends
+(so a cancelled wait never leaks). A grant nobody waits for any more (client gone, timed out, or a
+redelivered ticket granted twice) is released at once, so it never holds a slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractIncomingMessage
+
+from llm_dispatcher import amqp, protocol
+from llm_dispatcher.errors import BrokerUnavailableError, QueueTimeoutError
+from llm_dispatcher.protocol import Cancel, Grant, Heartbeat, Release, Ticket
+from sender.metrics import SenderMetrics
+from sender.registry import Registry
+from sender.settings import SenderSettings
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    def __init__(self, settings: SenderSettings, registry: Registry, metrics: SenderMetrics):
+        self.settings = settings
+        self.registry = registry
+        self.metrics = metrics
+        self.prefix = settings.queue_prefix
+        self._waiting: dict[str, asyncio.Future[Grant]] = {}
+        self._declared: set[str] = set()
+        self._depth_calls: dict[str, asyncio.Future[int]] = {}
+        self._reply_name = f"{self.prefix}.reply.{uuid.uuid4().hex}"
+        self.connected = False
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        self.connection = await amqp.connect(self.settings.amqp_url, f"sender:{self._reply_name}")
+        self.connection.close_callbacks.add(self._on_close)
+        self.connection.reconnect_callbacks.add(self._on_reconnect)
+        self.channel = await self.connection.channel(publisher_confirms=False)
+        self.cancels = await amqp.declare_fanout(self.channel, protocol.cancel_exchange(self.prefix))
+        heartbeats = await amqp.declare_fanout(self.channel, protocol.heartbeat_exchange(self.prefix))
+        replies = await self.channel.declare_queue(self._reply_name, exclusive=True, auto_delete=True)
+        await replies.consume(self._on_grant, no_ack=True)
+        hb_queue = await self.channel.declare_queue(
+            f"{self.prefix}.hb.{uuid.uuid4().hex}", exclusive=True, auto_delete=True
+        )
+        await hb_queue.bind(heartbeats)
+        await hb_queue.consume(self._on_heartbeat, no_ack=True)
+        self.connected = True
+        self._tasks.append(asyncio.create_task(self._depth_loop(), name="queue-depth"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._fail_waiting("the sender is shutting down")
+        with contextlib.suppress(Exception):
+            await self.connection.close()
+
+    # -- connection events ---------------------------------------------------------------------
+    def _on_close(self, *_args) -> None:
+        if self.connected:
+            log.warning("broker connection lost; waiting requests fail with 503")
+        self.connected = False
+        self._declared.clear()
+        self._fail_waiting("the message broker connection was lost")
+
+    def _on_reconnect(self, *_args) -> None:
+        self.connected = True
+        log.info("broker connection restored")
+
+    def _fail_waiting(self, why: str) -> None:
+        for fut in list(self._waiting.values()):
+            if not fut.done():
+                fut.set_exception(BrokerUnavailableError(why, retry_after=self.settings.retry_after_s))
+
+    # -- queue depth ---------------------------------------------------------------------------
+    async def depth(self, model: str) -> int:
+        """Tickets waiting in the model's queue (all senders). Concurrent callers share one query."""
+        call = self._depth_calls.get(model)
+        if call is None:
+            call = asyncio.get_running_loop().create_future()
+            self._depth_calls[model] = call
+            try:
+                call.set_result(await self._declare(model))
+            except BaseException as exc:
+                call.set_exception(exc)
+                call.exception()  # retrieved: callers re-raise it
+            finally:
+                del self._depth_calls[model]
+        return await asyncio.shield(call)
+
+    async def _declare(self, model: str) -> int:
+        if not self.connected:
+            raise BrokerUnavailableError("the message broker is unreachable", retry_after=self.settings.retry_after_s)
+        try:
+            channel = await self.channel.get_underlay_channel()
+            ok = await channel.queue_declare(
+                protocol.model_queue(self.prefix, model),
+                durable=True,
+                arguments=protocol.queue_arguments(self.settings.max_priority),
+            )
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            raise BrokerUnavailableError(
+                "the message broker is unreachable", retry_after=self.settings.retry_after_s
+            ) from exc
+        count = ok.message_count or 0
+        self.metrics.queue_depth.labels(model).set(count)
+        return count
+
+    async def _depth_loop(self) -> None:
+        """Export queue depth for every model with a live replica, even when no request asks."""
+        while True:
+            await asyncio.sleep(2.0)
+            self.registry.prune()
+            models = {hb.model for hb in self.registry.replicas()}
+            for model in models:
+                with contextlib.suppress(Exception):
+                    await self.depth(model)
+            for model in models:
+                live = self.registry.live(model)
+                self.metrics.replicas_live.labels(model).set(len(live))
+
+    # -- tickets and grants --------------------------------------------------------------------
+    async def acquire(self, model: str, priority: int, request_id: str = "") -> Grant:
+        """Wait for a replica of `model`. Raises QueueTimeoutError, BrokerUnavailableError; a
+        cancellation (client gone) abandons the ticket so that no consumer grants it."""
+        timeout = self.settings.queue_timeout_s
+        ticket = Ticket(
+            id=uuid.uuid4().hex,
+            model=model,
+            priority=priority,
+            deadline_ms=protocol.now_ms() + int(timeout * 1000),
+            request_id=request_id,
+        )
+        fut: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
+        self._waiting[ticket.id] = fut
+        waiting = self.metrics.waiting.labels(model, str(priority))
+        waiting.inc()
+        try:
+            await self._publish_ticket(ticket, timeout)
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            self._abandon(ticket.id)
+            raise QueueTimeoutError(
+                f"no replica of model '{model}' became free within {timeout:g} s",
+                retry_after=self.settings.retry_after_s,
+            ) from None
+        except asyncio.CancelledError:
+            self._abandon(ticket.id)
+            raise
+        finally:
+            waiting.dec()
+            self._waiting.pop(ticket.id, None)
+
+    async def _publish_ticket(self, ticket: Ticket, timeout: float) -> None:
+        if not self.connected:
+            raise BrokerUnavailableError("the message broker is unreachable", retry_after=self.settings.retry_after_s)
+        try:
+            await self.channel.default_exchange.publish(
+                aio_pika.Message(
+                    ticket.dumps(),
+                    priority=ticket.priority,
+                    correlation_id=ticket.id,
+                    reply_to=self._reply_name,
+                    expiration=timeout,
+                    content_type="application/json",
+                ),
+                routing_key=protocol.model_queue(self.prefix, ticket.model),
+                mandatory=False,
+            )
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            raise BrokerUnavailableError(
+                "the message broker is unreachable", retry_after=self.settings.retry_after_s
+            ) from exc
+
+    def _abandon(self, ticket_id: str) -> None:
+        """Tell every consumer to drop this ticket if they see it (fire and forget)."""
+        if self.connected:
+            task = asyncio.get_running_loop().create_task(self._publish_cancel(ticket_id))
+            task.add_done_callback(_log_failure)
+
+    async def _publish_cancel(self, ticket_id: str) -> None:
+        await self.cancels.publish(
+            aio_pika.Message(Cancel([ticket_id]).dumps(), type="cancel", expiration=self.settings.queue_timeout_s),
+            routing_key="",
+        )
+
+    async def _on_grant(self, message: AbstractIncomingMessage) -> None:
+        try:
+            grant = Grant.loads(message.body)
+        except Exception:
+            log.error("malformed grant dropped: %r", message.body[:200])
+            return
+        fut = self._waiting.get(grant.ticket_id)
+        if fut is not None and not fut.done():
+            fut.set_result(grant)
+            return
+        log.info("grant for abandoned ticket %s released", grant.ticket_id, extra={"ticket_id": grant.ticket_id})
+        await self.release(grant, 499, "abandoned")
+
+    async def release(self, grant: Grant, status: int, reason: str) -> None:
+        if not self.connected:
+            return  # the consumer's lease expiry reclaims it
+        try:
+            await self.channel.default_exchange.publish(
+                aio_pika.Message(Release(grant.lease_id, status, reason).dumps(), type="release"),
+                routing_key=grant.release_to,
+                mandatory=False,
+            )
+        except Exception as exc:
+            log.warning("release of lease %s not sent: %r", grant.lease_id, exc)
+
+    async def _on_heartbeat(self, message: AbstractIncomingMessage) -> None:
+        try:
+            hb = Heartbeat.loads(message.body)
+        except Exception:
+            return
+        self.registry.update(hb)
+        self.metrics.replica_in_flight.labels(hb.model, hb.replica).set(hb.in_flight)
+        self.metrics.replica_capacity.labels(hb.model, hb.replica).set(hb.max_concurrency)
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("cancel not published: %r", task.exception())

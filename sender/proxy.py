@@ -1,0 +1,55 @@
+"""The upstream side: one pooled HTTP client per process, relaying bytes as they arrive."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from sender.settings import SenderSettings
+
+# Request headers passed to vLLM. The client's Authorization is the dispatcher's, never forwarded.
+FORWARD_REQUEST_HEADERS = frozenset(
+    {b"content-type", b"accept", b"x-request-id", b"user-agent", b"openai-organization", b"openai-project"}
+)
+# Response headers not relayed (hop-by-hop, or recomputed by our server).
+HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade", b"proxy-authenticate",
+     b"proxy-authorization", b"date", b"server"}
+)
+
+
+def new_session(settings: SenderSettings) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        limit=settings.upstream_max_connections,
+        limit_per_host=0,
+        ttl_dns_cache=60,
+        keepalive_timeout=30,
+    )
+    timeout = aiohttp.ClientTimeout(
+        total=None,
+        connect=settings.upstream_connect_timeout_s,
+        sock_read=settings.upstream_read_timeout_s,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Content-Type"),
+        raise_for_status=False,
+    )
+
+
+def forwarded_headers(scope_headers: list[tuple[bytes, bytes]], request_id: str) -> dict[str, str]:
+    out = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope_headers if k in FORWARD_REQUEST_HEADERS}
+    out["x-request-id"] = request_id
+    out["accept-encoding"] = "identity"
+    return out
+
+
+def relayed_headers(upstream: aiohttp.ClientResponse, drop_length: bool) -> list[tuple[bytes, bytes]]:
+    out = []
+    for k, v in upstream.raw_headers:
+        name = k.lower()
+        if name in HOP_BY_HOP or (drop_length and name == b"content-length"):
+            continue
+        out.append((name, v))
+    return out

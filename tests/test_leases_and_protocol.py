@@ -1,0 +1,49 @@
+"""Lease accounting, priority clamping and the wire messages."""
+
+from __future__ import annotations
+
+from consumer.leases import LeaseTable
+from llm_dispatcher.protocol import Grant, Heartbeat, Ticket, clamp_priority
+
+
+def test_each_grant_is_one_lease_and_release_is_exactly_once():
+    table = LeaseTable(ttl_s=60)
+    a, b = table.grant("t1"), table.grant("t2")
+    assert len(table) == 2
+    assert table.release(a.id) is a
+    assert table.release(a.id) is None  # a second release changes nothing
+    assert table.release("someone-elses") is None
+    assert len(table) == 1 and table.release(b.id) is b
+
+
+def test_leases_expire_as_a_backstop():
+    now = [0.0]
+    table = LeaseTable(ttl_s=10, clock=lambda: now[0])
+    lease = table.grant("t")
+    now[0] = 9.9
+    assert table.expire() == []
+    now[0] = 10.0
+    assert table.expire() == [lease]
+    assert len(table) == 0
+
+
+def test_a_request_may_lower_its_priority_but_never_raise_it():
+    assert clamp_priority(None, 7) == 7
+    assert clamp_priority(3, 7) == 3
+    assert clamp_priority(9, 7) == 7
+    assert clamp_priority(-5, 7) == 0
+    assert clamp_priority(None, 50, max_priority=10) == 10
+
+
+def test_ticket_deadline_and_json_round_trip():
+    t = Ticket(id="x", model="m", priority=3, deadline_ms=1000)
+    assert Ticket.loads(t.dumps()) == t
+    assert t.expired(at_ms=1000) and not t.expired(at_ms=999)
+    g = Grant("x", "l", "http://r", "r", "q")
+    assert Grant.loads(g.dumps()) == g
+
+
+def test_heartbeat_ignores_unknown_fields_from_newer_consumers():
+    hb = Heartbeat(model="m", replica="r", url="u", ready=True, max_concurrency=2, in_flight=0)
+    raw = hb.dumps()[:-1] + b',"future_field":1}'
+    assert Heartbeat.loads(raw).model == "m"

@@ -1,0 +1,67 @@
+"""Admission policy: a pure function of a snapshot."""
+
+from __future__ import annotations
+
+import pytest
+
+from consumer.policy import Limits, Reason, Snapshot, decide
+
+LIMITS = Limits(max_concurrency=4, max_waiting=0, max_kv_cache_usage=0.9, min_tokens_per_second_per_user=10)
+
+
+def snap(**kw) -> Snapshot:
+    base = dict(healthy=True, in_flight=1, metrics_fresh=True, running=1, waiting=0, kv_cache_usage=0.1,
+                tokens_per_second=50.0)
+    base.update(kw)
+    return Snapshot(**base)
+
+
+def test_admits_when_every_bound_holds():
+    assert decide(snap(), LIMITS).reason is Reason.ADMIT
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"healthy": False}, Reason.UNHEALTHY),
+        ({"in_flight": 4}, Reason.AT_MAX_CONCURRENCY),
+        ({"waiting": 1}, Reason.VLLM_WAITING),
+        ({"kv_cache_usage": 0.9}, Reason.KV_CACHE_FULL),
+        ({"running": 6, "tokens_per_second": 50.0}, Reason.SLOW_TOKENS),
+        ({"draining": True}, Reason.DRAINING),
+    ],
+)
+def test_refuses_with_the_reason_of_the_first_bound_broken(change, reason):
+    d = decide(snap(**change), LIMITS)
+    assert not d.admit
+    assert d.reason is reason
+
+
+def test_stale_metrics_fall_back_to_the_in_flight_cap_alone():
+    s = snap(metrics_fresh=False, waiting=50, kv_cache_usage=1.0, tokens_per_second=0.1)
+    assert decide(s, LIMITS).reason is Reason.ADMIT_METRICS_STALE
+    assert decide(snap(metrics_fresh=False, in_flight=4), LIMITS).reason is Reason.AT_MAX_CONCURRENCY
+
+
+def test_unhealthy_wins_over_stale_metrics():
+    assert decide(snap(healthy=False, metrics_fresh=False), LIMITS).reason is Reason.UNHEALTHY
+
+
+def test_idle_replica_always_takes_work_so_the_engine_never_sits_empty():
+    s = snap(in_flight=0, running=0, tokens_per_second=0.0, waiting=0)
+    assert decide(s, LIMITS).admit
+
+
+def test_speed_floor_is_off_when_zero():
+    limits = Limits(max_concurrency=100, min_tokens_per_second_per_user=0)
+    assert decide(snap(running=90, tokens_per_second=1.0), limits).admit
+
+
+def test_speed_floor_ignored_until_throughput_is_known():
+    assert decide(snap(tokens_per_second=None, running=10), LIMITS).admit
+
+
+def test_waiting_bound_allows_a_small_vllm_queue():
+    limits = Limits(max_concurrency=4, max_waiting=2)
+    assert decide(snap(waiting=2), limits).admit
+    assert not decide(snap(waiting=3), limits).admit
