@@ -1,0 +1,804 @@
+"""The simulator's HTTP face: a raw ASGI app (no framework, so it is never a benchmark's bottleneck).
+
+Routes (vLLM 0.32's shapes): GET /health /version /metrics /v1/models; POST /v1/chat/completions
+/v1/completions /v1/embeddings. Control routes for tests: GET|POST /sim/config, GET /sim/stats,
+POST /sim/die, POST /sim/revive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+
+from llm_dispatcher.sim.config import SimConfig
+from llm_dispatcher.sim.engine import Engine, SimRequest
+from llm_dispatcher.sim.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from llm_dispatcher.sim.metrics import SimMetrics
+from llm_dispatcher.sim.text import TokenSource, chat_prompt, count_text_tokens, embedding, natural_length
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's and vLLM's default for /v1/completions
+JSON = [(b"content-type", b"application/json")]
+SSE = [(b"content-type", b"text/event-stream; charset=utf-8")]
+DONE = b"data: [DONE]\n\n"
+
+
+class SimulatedDrop(Exception):
+    """Raised after a partial response so that uvicorn closes the connection (fault injection)."""
+
+
+class DropLogFilter(logging.Filter):
+    """Keeps uvicorn from logging a traceback for every injected connection drop."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, SimulatedDrop)
+
+
+def install_log_filter() -> None:
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, DropLogFilter) for f in logger.filters):
+        logger.addFilter(DropLogFilter())
+
+
+class ApiError(Exception):
+    """An error rendered as vLLM's envelope {"error": {message, type, param, code}}."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, err_type: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.err_type = err_type or error_type(status)
+
+    def body(self) -> bytes:
+        return error_body(self.status, self.message, self.err_type, self.param)
+
+
+def error_type(status: int) -> str:
+    """vLLM's names: 400 BadRequestError, 404 NotFoundError, 500 InternalServerError, ..."""
+    return "".join(HTTPStatus(status).phrase.split()) + "Error" if status != 500 else "InternalServerError"
+
+
+def error_body(status: int, message: str, err_type: str | None = None, param: str | None = None) -> bytes:
+    return orjson.dumps(
+        {"error": {"message": message, "type": err_type or error_type(status), "param": param, "code": status}}
+    )
+
+
+def bad_request(message: str, param: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param)
+
+
+@dataclass(slots=True)
+class Job:
+    """One validated generation request."""
+
+    kind: str  # "chat" or "completion"
+    request_id: str
+    model: str
+    prompt_text: str
+    prompt_tokens: int
+    output_tokens: int
+    natural_stop: bool
+    stream: bool
+    include_usage: bool
+    priority: int
+    created: int
+
+
+def _opt_int(body: dict[str, Any], key: str, minimum: int | None = None) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise bad_request(f"{key}: Input should be a valid integer", key)
+    if minimum is not None and value < minimum:
+        raise bad_request(f"{key} must be at least {minimum}, got {value}.", key)
+    return value
+
+
+def _opt_bool(body: dict[str, Any], key: str) -> bool | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise bad_request(f"{key}: Input should be a valid boolean", key)
+    return value
+
+
+def _headers_get(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+class SimApp:
+    """One simulated vLLM replica. ``create_app(config)`` builds it; it is an ASGI callable."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.metrics = SimMetrics(config.served_model_names[0])
+        self.engine = Engine(config, self.metrics)
+        self.tokens = TokenSource(config.seed)
+        self._fault_rng = random.Random(config.seed)
+        self._drop_rng = random.Random(config.seed + 1)
+        self._created = int(time.time())
+        self._started = False
+        self._ready_at = 0.0
+        self.dead = False
+        self.on_exit: Callable[[], None] | None = None  # set by the server runner (CLI or fixture)
+        self._models_body = self._build_models()
+        self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
+            ("GET", "/health"): self._health,
+            ("GET", "/version"): self._version,
+            ("GET", "/metrics"): self._metrics,
+            ("GET", "/v1/models"): self._models,
+            ("POST", "/v1/chat/completions"): self._chat,
+            ("POST", "/v1/completions"): self._completions,
+            ("POST", "/v1/embeddings"): self._embeddings,
+            ("GET", "/sim/config"): self._get_config,
+            ("POST", "/sim/config"): self._set_config,
+            ("GET", "/sim/stats"): self._stats,
+            ("POST", "/sim/die"): self._die,
+            ("POST", "/sim/revive"): self._revive,
+        }
+        self._paths = {path for _, path in self._routes}
+
+    # -- ASGI --------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            if not self._started:
+                await self.startup()
+            handler = self._routes.get((scope["method"], scope["path"]))
+            if handler is None:
+                if scope["path"] in self._paths:
+                    await self._send_json(send, 405, b'{"detail":"Method Not Allowed"}')
+                else:
+                    await self._send_json(send, 404, b'{"detail":"Not Found"}')
+                return
+            await handler(scope, receive, send)
+        elif kind == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await self.startup()
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await self.shutdown()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+    async def startup(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        loop = asyncio.get_running_loop()
+        self._ready_at = loop.time() + self.config.startup_delay
+        self.engine.start()
+        if threading.current_thread() is threading.main_thread():
+            try:
+                loop.add_signal_handler(signal.SIGUSR1, self.die)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - platform without signals
+                pass
+
+    async def shutdown(self) -> None:
+        await self.engine.stop()
+
+    def die(self) -> None:
+        """The engine is dead: /health answers 503, in-flight and new requests fail."""
+        if not self.dead:
+            log.warning("simulated engine death")
+        self.dead = True
+        self.engine.fail_all("error")
+
+    @property
+    def ready(self) -> bool:
+        return asyncio.get_running_loop().time() >= self._ready_at
+
+    # -- helpers -----------------------------------------------------------------------------
+    @staticmethod
+    async def _send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [*JSON, (b"content-length", str(len(body)).encode()), *(headers or ())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    async def _read_body(receive: Receive) -> bytes:
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return b""
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _read_json(self, receive: Receive) -> dict[str, Any]:
+        raw = await self._read_body(receive)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise bad_request(f"JSON decode error: {exc}") from exc
+        if not isinstance(body, dict):
+            raise bad_request("Input should be a valid dictionary or object to extract fields from")
+        return body
+
+    def _check_model(self, body: dict[str, Any]) -> str:
+        model = body.get("model")
+        if model is None:
+            return self.config.served_model_names[0]
+        if not isinstance(model, str):
+            raise bad_request("model: Input should be a valid string", "model")
+        if model not in self.config.served_model_names:
+            raise ApiError(404, f"The model `{model}` does not exist.", param="model", err_type="NotFoundError")
+        return model
+
+    def _unavailable(self) -> ApiError | None:
+        if self.dead:
+            return ApiError(500, "EngineCore encountered an issue. See stack trace (above) for the root cause.")
+        if not self.ready:
+            return ApiError(503, "The server is starting up.")
+        return None
+
+    def _auth_error(self, scope: Scope) -> bool:
+        key = self.config.api_key
+        if key is None:
+            return False
+        return _headers_get(scope, b"authorization") != b"Bearer " + key.encode()
+
+    def _request_id(self, scope: Scope) -> tuple[str, list[tuple[bytes, bytes]]]:
+        header = _headers_get(scope, b"x-request-id")
+        rid = header.decode("latin-1") if header else uuid.uuid4().hex
+        extra = [(b"x-request-id", rid.encode("latin-1"))] if self.config.enable_request_id_headers else []
+        return rid, extra
+
+    # -- plain routes ------------------------------------------------------------------------
+    async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
+        status = 503 if self.dead or not self.ready else 200
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _version(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._send_json(send, 200, orjson.dumps({"version": self.config.version}))
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = self.metrics.render()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", METRICS_CONTENT_TYPE.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    def _build_models(self) -> bytes:
+        cfg = self.config
+        data = [
+            {
+                "id": name,
+                "object": "model",
+                "created": self._created,
+                "owned_by": "vllm",
+                "root": cfg.model,
+                "parent": None,
+                "max_model_len": cfg.max_model_len,
+                "permission": [
+                    {
+                        "id": f"modelperm-{uuid.UUID(int=random.Random(cfg.seed + i).getrandbits(128)).hex}",
+                        "object": "model_permission",
+                        "created": self._created,
+                        "allow_create_engine": False,
+                        "allow_sampling": True,
+                        "allow_logprobs": True,
+                        "allow_search_indices": False,
+                        "allow_view": True,
+                        "allow_fine_tuning": False,
+                        "organization": "*",
+                        "group": None,
+                        "is_blocking": False,
+                    }
+                ],
+            }
+            for i, name in enumerate(cfg.served_model_names)
+        ]
+        return orjson.dumps({"object": "list", "data": data})
+
+    async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._auth_error(scope):
+            await self._send_json(send, 401, b'{"error":"Unauthorized"}')
+            return
+        await self._send_json(send, 200, self._models_body)
+
+    # -- control routes ----------------------------------------------------------------------
+    async def _get_config(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._send_json(send, 200, orjson.dumps(self.config.as_dict()))
+
+    async def _set_config(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            body = await self._read_json(receive)
+            try:
+                self.config.update(body)
+            except ValueError as exc:
+                raise bad_request(str(exc)) from exc
+        except ApiError as exc:
+            await self._send_json(send, exc.status, exc.body())
+            return
+        await self._send_json(send, 200, orjson.dumps(self.config.as_dict()))
+
+    async def _stats(self, scope: Scope, receive: Receive, send: Send) -> None:
+        engine = self.engine
+        stats = {
+            "running": [r.request_id for r in engine.running],
+            "waiting": [r.request_id for r in engine.waiting_requests()],
+            "admitted": list(engine.admission_log),
+            "kv_cache_usage": engine.kv_cache_usage(),
+            "steps": engine.steps,
+            "healthy": not self.dead and self.ready,
+        }
+        await self._send_json(send, 200, orjson.dumps(stats))
+
+    async def _die(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = await self._read_body(receive)
+        try:
+            body = orjson.loads(raw) if raw.strip() else {}
+        except orjson.JSONDecodeError:
+            body = {}
+        exit_ = isinstance(body, dict) and bool(body.get("exit"))
+        self.die()
+        await self._send_json(send, 200, orjson.dumps({"dead": True, "exit": exit_}))
+        if exit_ and self.on_exit is not None:
+            self.on_exit()
+
+    async def _revive(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.dead = False
+        await self._send_json(send, 200, b'{"dead":false}')
+
+    # -- generation --------------------------------------------------------------------------
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._generate(scope, receive, send, "chat")
+
+    async def _completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._generate(scope, receive, send, "completion")
+
+    def _parse_job(self, kind: str, body: dict[str, Any], request_id: str) -> Job:
+        cfg = self.config
+        model = self._check_model(body)
+        if kind == "chat":
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+                raise bad_request("messages: Field required (a non-empty list of messages)", "messages")
+            try:
+                prompt_text, prompt_tokens = chat_prompt(messages)
+            except ValueError as exc:
+                raise bad_request(str(exc), "messages") from exc
+            max_tokens = _opt_int(body, "max_completion_tokens", 1)
+            if max_tokens is None:
+                max_tokens = _opt_int(body, "max_tokens", 1)
+        else:
+            prompt_text, prompt_tokens = self._completion_prompt(body.get("prompt"))
+            max_tokens = _opt_int(body, "max_tokens", 1)
+        n = _opt_int(body, "n")
+        if n is not None and n != 1:
+            raise bad_request(f"n must be 1 on this server, got {n}.", "n")
+        stream = bool(_opt_bool(body, "stream"))
+        _opt_bool(body, "ignore_eos")
+        temperature = body.get("temperature")
+        if temperature is not None and (not isinstance(temperature, int | float) or temperature < 0):
+            raise bad_request("temperature must be non-negative.", "temperature")
+        options = body.get("stream_options")
+        include_usage = False
+        if options is not None:
+            if not stream:
+                raise bad_request("Stream options can only be defined when `stream=True`.", "stream_options")
+            if not isinstance(options, dict):
+                raise bad_request("stream_options: Input should be a valid dictionary", "stream_options")
+            include_usage = bool(options.get("include_usage"))
+        priority = _opt_int(body, "priority") or 0
+        if priority != 0 and cfg.scheduling_policy != "priority":
+            raise bad_request(f"Got priority {priority} but Priority scheduling is not enabled.", "priority")
+        if prompt_tokens >= cfg.max_model_len:
+            raise bad_request(
+                f"This model's maximum context length is {cfg.max_model_len} tokens. However, your request has "
+                f"{prompt_tokens} input tokens. Please reduce the length of the input messages.",
+                "messages" if kind == "chat" else "prompt",
+            )
+        room = cfg.max_model_len - prompt_tokens
+        if max_tokens is not None:
+            if max_tokens > room:
+                raise bad_request(
+                    f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. This model's maximum "
+                    f"context length is {cfg.max_model_len} tokens and your request has {prompt_tokens} input "
+                    f"tokens ({max_tokens} > {cfg.max_model_len} - {prompt_tokens}).",
+                    "max_tokens",
+                )
+            output, natural_stop = max_tokens, False
+        else:
+            cap = room if kind == "chat" else min(room, COMPLETIONS_DEFAULT_MAX_TOKENS)
+            natural = cap + 1 if body.get("ignore_eos") else natural_length(
+                cfg.seed, prompt_text, cfg.default_output_tokens
+            )
+            output, natural_stop = (natural, True) if natural <= cap else (cap, False)
+        prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
+        return Job(
+            kind=kind,
+            request_id=prefix + request_id,
+            model=model,
+            prompt_text=prompt_text,
+            prompt_tokens=prompt_tokens,
+            output_tokens=output,
+            natural_stop=natural_stop,
+            stream=stream,
+            include_usage=include_usage,
+            priority=priority,
+            created=int(time.time()),
+        )
+
+    @staticmethod
+    def _completion_prompt(prompt: Any) -> tuple[str, int]:
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            return prompt, max(1, count_text_tokens(prompt))
+        if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            return " ".join(map(str, prompt)), len(prompt)
+        if prompt is None:
+            raise bad_request("prompt: Field required", "prompt")
+        raise bad_request("prompt must be a string, a list of token ids, or a list of one of those.", "prompt")
+
+    async def _generate(self, scope: Scope, receive: Receive, send: Send, kind: str) -> None:
+        request_id, extra_headers = self._request_id(scope)
+        try:
+            if self._auth_error(scope):
+                await self._send_json(send, 401, b'{"error":"Unauthorized"}')
+                return
+            unavailable = self._unavailable()
+            if unavailable is not None:
+                raise unavailable
+            job = self._parse_job(kind, await self._read_json(receive), request_id)
+            cfg = self.config
+            if cfg.failure_rate and self._fault_rng.random() < cfg.failure_rate:
+                self.metrics.request_success["error"].inc()
+                raise ApiError(cfg.failure_status, f"Simulated failure (status {cfg.failure_status}).")
+        except ApiError as exc:
+            await self._send_json(send, exc.status, exc.body(), extra_headers)
+            return
+        drop_at = -1
+        if cfg.drop_mid_stream_rate and self._drop_rng.random() < cfg.drop_mid_stream_rate:
+            drop_at = job.output_tokens // 2
+        if cfg.zero_delay:
+            await self._generate_at_once(job, send, extra_headers, drop_at)
+        else:
+            await self._generate_in_engine(job, receive, send, extra_headers, drop_at)
+
+    # rendering ------------------------------------------------------------------------------
+    def _chunk_prefix(self, job: Job) -> bytes:
+        obj = "chat.completion.chunk" if job.kind == "chat" else "text_completion"
+        return (
+            b'data: {"id":' + orjson.dumps(job.request_id) + b',"object":"' + obj.encode() + b'","created":'
+            + str(job.created).encode() + b',"model":' + orjson.dumps(job.model) + b',"choices":['
+        )
+
+    def _chunk(self, job: Job, prefix: bytes, text: str, finish: str | None, first: bool) -> bytes:
+        if job.kind == "chat":
+            role = b'"role":"assistant",' if first else b""
+            choice = b'{"index":0,"delta":{' + role + b'"content":' + orjson.dumps(text) + b'},"logprobs":null,'
+        else:
+            choice = b'{"index":0,"text":' + orjson.dumps(text) + b',"logprobs":null,'
+        if finish is None:
+            tail = b'"finish_reason":null}]}\n\n' if job.kind == "chat" else b'"finish_reason":null,"stop_reason":null}]}\n\n'
+        else:
+            tail = b'"finish_reason":"' + finish.encode() + b'","stop_reason":null}]}\n\n'
+        return prefix + choice + tail
+
+    @staticmethod
+    def _usage(job: Job, completion_tokens: int) -> dict[str, Any]:
+        return {
+            "prompt_tokens": job.prompt_tokens,
+            "total_tokens": job.prompt_tokens + completion_tokens,
+            "completion_tokens": completion_tokens,
+            "prompt_tokens_details": None,
+        }
+
+    def _usage_chunk(self, job: Job, prefix: bytes, completion_tokens: int) -> bytes:
+        return prefix + b'],"usage":' + orjson.dumps(self._usage(job, completion_tokens)) + b"}\n\n"
+
+    def _full_response(self, job: Job, text: str, finish: str, completion_tokens: int) -> bytes:
+        if job.kind == "chat":
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": text,
+                    "refusal": None,
+                    "annotations": None,
+                    "audio": None,
+                    "function_call": None,
+                    "tool_calls": [],
+                    "reasoning_content": None,
+                },
+                "logprobs": None,
+                "finish_reason": finish,
+                "stop_reason": None,
+                "token_ids": None,
+            }
+            body: dict[str, Any] = {
+                "id": job.request_id,
+                "object": "chat.completion",
+                "created": job.created,
+                "model": job.model,
+                "choices": [choice],
+                "service_tier": None,
+                "system_fingerprint": None,
+                "usage": self._usage(job, completion_tokens),
+                "prompt_logprobs": None,
+                "prompt_token_ids": None,
+                "kv_transfer_params": None,
+            }
+        else:
+            body = {
+                "id": job.request_id,
+                "object": "text_completion",
+                "created": job.created,
+                "model": job.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "text": text,
+                        "logprobs": None,
+                        "finish_reason": finish,
+                        "stop_reason": None,
+                        "token_ids": None,
+                        "prompt_logprobs": None,
+                        "prompt_token_ids": None,
+                    }
+                ],
+                "service_tier": None,
+                "system_fingerprint": None,
+                "usage": self._usage(job, completion_tokens),
+                "kv_transfer_params": None,
+            }
+        return orjson.dumps(body)
+
+    # zero-delay mode ------------------------------------------------------------------------
+    async def _generate_at_once(
+        self, job: Job, send: Send, headers: list[tuple[bytes, bytes]], drop_at: int
+    ) -> None:
+        cfg, metrics = self.config, self.metrics
+        t0 = time.perf_counter()
+        stall = cfg.stall_before_first_token
+        n = job.output_tokens
+        start = self.tokens.start(cfg.seed, job.prompt_text)
+        finish = "stop" if job.natural_stop else "length"
+        metrics.prompt_tokens.inc(job.prompt_tokens)
+        metrics.prefix_cache_queries.inc(job.prompt_tokens)
+        if not job.stream:
+            if stall:
+                await asyncio.sleep(stall)
+            text = self.tokens.text(start, 0, n)
+            body = self._full_response(job, text, finish, n)
+            if drop_at >= 0:
+                await self._drop(job, send, body, headers, n)
+            metrics.generation_tokens.inc(n)
+            elapsed = time.perf_counter() - t0
+            metrics.observe_finished(finish, e2e=elapsed, queue=0.0, ttft=elapsed, prefill=0.0, decode=0.0,
+                                     output_tokens=n)
+            await self._send_json(send, 200, body, headers)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [*SSE, *headers]})
+        if stall:
+            await asyncio.sleep(stall)
+        prefix = self._chunk_prefix(job)
+        toks = self.tokens
+        limit = n if drop_at < 0 else drop_at
+        parts = [self._chunk(job, prefix, "", None, True)] if job.kind == "chat" else []
+        for i in range(limit):
+            last = i == n - 1
+            parts.append(self._chunk(job, prefix, toks.text(start, i, i + 1), finish if last else None, False))
+        if drop_at >= 0:
+            await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
+            metrics.generation_tokens.inc(limit)
+            metrics.request_success["abort"].inc()
+            raise SimulatedDrop(job.request_id)
+        if job.include_usage:
+            parts.append(self._usage_chunk(job, prefix, n))
+        parts.append(DONE)
+        metrics.generation_tokens.inc(n)
+        elapsed = time.perf_counter() - t0
+        metrics.observe_finished(finish, e2e=elapsed, queue=0.0, ttft=elapsed, prefill=0.0, decode=0.0,
+                                 output_tokens=n)
+        await send({"type": "http.response.body", "body": b"".join(parts)})
+
+    async def _drop(self, job: Job, send: Send, body: bytes, headers: list[tuple[bytes, bytes]], n: int) -> None:
+        """Start a non-streamed response, send half of it and close the connection."""
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [*JSON, (b"content-length", str(len(body)).encode()), *headers],
+            }
+        )
+        await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
+        self.metrics.request_success["abort"].inc()
+        raise SimulatedDrop(job.request_id)
+
+    # engine mode ----------------------------------------------------------------------------
+    async def _generate_in_engine(
+        self, job: Job, receive: Receive, send: Send, headers: list[tuple[bytes, bytes]], drop_at: int
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        req = SimRequest(
+            job.request_id, job.prompt_tokens, job.output_tokens, natural_stop=job.natural_stop, priority=job.priority
+        )
+        disconnected: asyncio.Future[None] = loop.create_future()
+
+        async def watch() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    break
+            if not disconnected.done():
+                disconnected.set_result(None)
+            self.engine.abort(req)
+
+        watcher = loop.create_task(watch())
+        try:
+            if job.stream:
+                await send({"type": "http.response.start", "status": 200, "headers": [*SSE, *headers]})
+            stall = self.config.stall_before_first_token
+            if stall:
+                await asyncio.wait([disconnected], timeout=stall)
+                if disconnected.done():
+                    self.metrics.request_success["abort"].inc()
+                    return
+            self.engine.submit(req)
+            if job.stream:
+                await self._stream_from_engine(job, req, send, drop_at)
+            else:
+                assert req.done is not None
+                await req.done
+                await self._reply_from_engine(job, req, send, headers, drop_at)
+        finally:
+            watcher.cancel()
+            if not req.finished and req.done is not None:
+                self.engine.abort(req)
+
+    def _engine_error(self) -> ApiError:
+        return ApiError(500, "EngineCore encountered an issue. See stack trace (above) for the root cause.")
+
+    async def _reply_from_engine(
+        self, job: Job, req: SimRequest, send: Send, headers: list[tuple[bytes, bytes]], drop_at: int
+    ) -> None:
+        if req.finish_reason == "abort":
+            return  # the client went away: nobody to answer
+        if req.finish_reason == "error":
+            err = self._engine_error()
+            await self._send_json(send, err.status, err.body(), headers)
+            return
+        start = self.tokens.start(self.config.seed, job.prompt_text)
+        text = self.tokens.text(start, 0, req.generated)
+        body = self._full_response(job, text, req.finish_reason or "length", req.generated)
+        if drop_at >= 0:
+            await self._drop(job, send, body, headers, req.generated)
+        await self._send_json(send, 200, body, headers)
+
+    async def _stream_from_engine(self, job: Job, req: SimRequest, send: Send, drop_at: int) -> None:
+        prefix = self._chunk_prefix(job)
+        start = self.tokens.start(self.config.seed, job.prompt_text)
+        toks = self.tokens
+        sent = 0
+        first = True
+        while True:
+            await req.next_tokens()
+            reason = req.finish_reason
+            if reason == "abort":
+                return
+            if reason == "error":
+                err = self._engine_error()
+                await send(
+                    {"type": "http.response.body", "body": b"data: " + err.body() + b"\n\n" + DONE, "more_body": False}
+                )
+                return
+            upto = req.generated
+            if drop_at >= 0 and upto >= drop_at:
+                upto = drop_at
+            parts = []
+            if first and job.kind == "chat":
+                parts.append(self._chunk(job, prefix, "", None, True))
+            first = False
+            for i in range(sent, upto):
+                final = reason is not None and i == req.generated - 1
+                parts.append(self._chunk(job, prefix, toks.text(start, i, i + 1), reason if final else None, False))
+            sent = upto
+            if drop_at >= 0 and sent >= drop_at:
+                if parts:
+                    await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
+                self.engine.abort(req)
+                raise SimulatedDrop(job.request_id)
+            if reason is not None:
+                if job.include_usage:
+                    parts.append(self._usage_chunk(job, prefix, req.generated))
+                parts.append(DONE)
+                await send({"type": "http.response.body", "body": b"".join(parts), "more_body": False})
+                return
+            if parts:
+                await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
+
+    # embeddings -----------------------------------------------------------------------------
+    async def _embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request_id, headers = self._request_id(scope)
+        try:
+            if self._auth_error(scope):
+                await self._send_json(send, 401, b'{"error":"Unauthorized"}')
+                return
+            unavailable = self._unavailable()
+            if unavailable is not None:
+                raise unavailable
+            body = await self._read_json(receive)
+            model = self._check_model(body)
+            inputs = body.get("input")
+            if isinstance(inputs, str) or (
+                isinstance(inputs, list) and inputs and all(isinstance(t, int) for t in inputs)
+            ):
+                inputs = [inputs]
+            if not isinstance(inputs, list) or not inputs or not all(isinstance(x, str | list) for x in inputs):
+                raise bad_request("input: Field required (a string, a list of strings or token ids)", "input")
+            fmt = body.get("encoding_format", "float")
+            if fmt not in ("float", None):
+                raise bad_request(f"encoding_format {fmt!r} is not supported by this simulator", "encoding_format")
+            cfg = self.config
+            if cfg.failure_rate and self._fault_rng.random() < cfg.failure_rate:
+                raise ApiError(cfg.failure_status, f"Simulated failure (status {cfg.failure_status}).")
+        except ApiError as exc:
+            await self._send_json(send, exc.status, exc.body(), headers)
+            return
+        texts = [x if isinstance(x, str) else " ".join(map(str, x)) for x in inputs]
+        tokens = sum(max(1, count_text_tokens(t)) if isinstance(x, str) else len(x) for t, x in zip(texts, inputs, strict=True))
+        self.metrics.prompt_tokens.inc(tokens)
+        if cfg.prefill_per_token:
+            await asyncio.sleep(cfg.prefill_per_token * tokens)
+        self.metrics.request_success["stop"].inc()
+        data = [
+            {"index": i, "object": "embedding", "embedding": embedding(cfg.seed, t, cfg.embedding_dim)}
+            for i, t in enumerate(texts)
+        ]
+        out = {
+            "id": f"embd-{request_id}",
+            "object": "list",
+            "created": int(time.time()),
+            "model": model,
+            "data": data,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0, "prompt_tokens_details": None},
+        }
+        await self._send_json(send, 200, orjson.dumps(out), headers)
+
+
+def create_app(config: SimConfig | None = None) -> SimApp:
+    """Build one simulated vLLM replica (an ASGI app) from its settings."""
+    return SimApp(config or SimConfig())
