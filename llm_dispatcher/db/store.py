@@ -6,14 +6,16 @@ of `create_token` (and in what the operator chose to import).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import re
 import secrets
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any, Final
 
@@ -129,10 +131,12 @@ def normalise_models(models: Iterable[str] | str | None) -> tuple[str, ...] | No
     return tuple(out)
 
 
-def parse_datetime(value: datetime | str | None) -> datetime | None:
-    """ISO 8601 (a trailing Z is fine) or a datetime; naive values are taken as UTC."""
+def parse_datetime(value: datetime | date | str | None) -> datetime | None:
+    """ISO 8601 (a trailing Z is fine), a datetime or a date (midnight); naive values are taken as UTC."""
     if value is None or isinstance(value, datetime):
         return from_db_time(to_db_time(value))
+    if isinstance(value, date):  # YAML turns `2030-01-01` into a date
+        return datetime.combine(value, time(), tzinfo=UTC)
     try:
         parsed = datetime.fromisoformat(value.strip())
     except (AttributeError, ValueError) as exc:
@@ -239,7 +243,7 @@ class Store:
         """`alembic upgrade head`. Idempotent; concurrent callers are serialised by a DB lock
         (PostgreSQL advisory lock, MySQL GET_LOCK); SQLite is a single-host file."""
         with translate_errors("run migrations"):
-            async with self.engine.connect() as conn:
+            async with self._sqlite_file_lock(), self.engine.connect() as conn:
                 if self.dialect in ("mysql", "mariadb"):
                     got = await conn.scalar(sa.text("SELECT GET_LOCK(:n, 300)"), {"n": _LOCK_NAME})
                     await conn.commit()
@@ -248,9 +252,7 @@ class Store:
                 try:
                     async with conn.begin():
                         if self.dialect == "postgresql":
-                            await conn.execute(
-                                sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY}
-                            )
+                            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
                         before = await conn.run_sync(_current_revision)
                         await conn.run_sync(_upgrade_head)
                         after = await conn.run_sync(_current_revision)
@@ -260,6 +262,20 @@ class Store:
                         await conn.commit()
         if before != after:
             log.info("migrated %s from %s to %s", self.safe_url, before, after)
+
+    @contextlib.asynccontextmanager
+    async def _sqlite_file_lock(self) -> AsyncIterator[None]:
+        """SQLite has no named locks: serialise migrating processes on a lock file beside the DB."""
+        database = self.url.database
+        if self.dialect != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+            yield
+            return
+        fh = await asyncio.to_thread(open, f"{database}.migrate-lock", "a+b")
+        try:
+            await asyncio.to_thread(fcntl.flock, fh, fcntl.LOCK_EX)
+            yield
+        finally:
+            fh.close()  # closing releases the lock
 
     async def current_revision(self) -> str | None:
         with translate_errors("read the schema revision"):
@@ -275,7 +291,7 @@ class Store:
         priority: int,
         threshold: int,
         allowed_models: Iterable[str] | str | None = None,
-        expires_at: datetime | str | None = None,
+        expires_at: datetime | date | str | None = None,
         token: str | None = None,
     ) -> tuple[TokenRecord, str]:
         """Returns the record and the plaintext, which is not stored anywhere and cannot be shown
@@ -415,9 +431,7 @@ class Store:
             for w in wanted:
                 owner = owners.get(w["token_hash"])
                 if owner is not None and owner != w["name"]:
-                    raise DuplicateTokenError(
-                        f"the token of {w['name']!r} is already registered as {owner!r}"
-                    )
+                    raise DuplicateTokenError(f"the token of {w['name']!r} is already registered as {owner!r}")
                 row = existing.get(w["name"])
                 if row is None:
                     w.setdefault("enabled", True)
@@ -426,9 +440,7 @@ class Store:
                     continue
                 diff = {k: v for k, v in w.items() if _stored(row, k) != v}
                 if diff:
-                    await conn.execute(
-                        tokens.update().where(tokens.c.id == row.id).values(**diff, updated_at=now)
-                    )
+                    await conn.execute(tokens.update().where(tokens.c.id == row.id).values(**diff, updated_at=now))
                     changed += 1
         log.info("imported %d tokens, %d created or changed", len(wanted), changed)
         return changed
