@@ -74,9 +74,7 @@ async def test_tokens_are_stored_hashed_never_in_plaintext(store: Store) -> None
 
 async def test_create_returns_a_fresh_plaintext_each_time_and_round_trips_fields(store: Store) -> None:
     expires = datetime(2031, 2, 3, 4, 5, 6, 789000, tzinfo=UTC)
-    a, pa = await store.create_token(
-        "a", priority=7, threshold=50, allowed_models=["m1", "m2"], expires_at=expires
-    )
+    a, pa = await store.create_token("a", priority=7, threshold=50, allowed_models=["m1", "m2"], expires_at=expires)
     b, pb = await store.create_token("b", priority=0, threshold=0)
     assert pa != pb
     assert a == TokenRecord(a.id, "a", 7, 50, ("m1", "m2"), expires, True)
@@ -171,9 +169,7 @@ async def test_import_keeps_a_manual_revocation_unless_enabled_is_given(store: S
 
 
 async def test_import_accepts_a_precomputed_hash(store: Store) -> None:
-    await store.import_tokens(
-        [{"name": "h", "token_hash": hash_token("sk-hashed"), "priority": 2, "threshold": 3}]
-    )
+    await store.import_tokens([{"name": "h", "token_hash": hash_token("sk-hashed"), "priority": 2, "threshold": 3}])
     record = await store.get_token_by_plaintext("sk-hashed")
     assert record is not None and record.name == "h"
 

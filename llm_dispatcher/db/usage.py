@@ -158,6 +158,8 @@ class UsageWriter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
             self._wake.clear()
+            if self._stopping:
+                break  # the final flush below is the only attempt once stop() is called
             if not await self._safe_flush() and not self._stopping:
                 # back off for one interval instead of spinning on a full queue; stop() cuts it short
                 with contextlib.suppress(TimeoutError):
