@@ -133,15 +133,23 @@ class Consumer:
             log.warning("shutting down with %d requests still granted", self.in_flight)
 
     async def stop(self) -> None:
+        """Leave: cancel the subscription (unacked tickets return to the queue), say goodbye, close."""
+        self.draining = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._set_pulling(False)
+        with contextlib.suppress(Exception):
+            await self._publish_heartbeat()  # ready=False: senders stop routing here at once
         self.connected = False
         with contextlib.suppress(Exception):
             await self.connection.close()
         await self.watcher.stop()
 
     def _on_close(self, *_args) -> None:
+        if not self.connected:
+            return  # our own close
         self.connected = False
         self._consumer_tag = None  # the broker forgot the subscription with the channel
         log.warning("broker connection lost; reconnecting")
@@ -298,6 +306,7 @@ class Consumer:
         await self.heartbeats.publish(
             aio_pika.Message(hb.dumps(), expiration=ttl_ms / 1000, content_type="application/json"),
             routing_key="",
+            mandatory=False,
         )
 
     def state(self) -> dict:

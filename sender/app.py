@@ -15,7 +15,6 @@ import aiohttp
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
@@ -44,6 +43,13 @@ log = logging.getLogger(__name__)
 PRIORITY_HEADER = b"x-priority"
 REQUEST_ID_HEADER = b"x-request-id"
 _STREAM_USAGE_PATHS = ("/v1/chat/completions", "/v1/completions")
+
+
+class JSONBytes(Response):
+    media_type = "application/json"
+
+    def render(self, content) -> bytes:
+        return orjson.dumps(content)
 
 
 @dataclass
@@ -382,7 +388,6 @@ def create_app(settings: SenderSettings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        default_response_class=ORJSONResponse,
     )
 
     def ctx() -> SenderContext:
@@ -390,40 +395,40 @@ def create_app(settings: SenderSettings | None = None) -> FastAPI:
 
     @app.exception_handler(DispatcherError)
     async def _dispatcher_error(_request: Request, exc: DispatcherError) -> Response:
-        return ORJSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
+        return JSONBytes(exc.body(), status_code=exc.status, headers=exc.headers())
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return ORJSONResponse(error_body(str(exc.detail), type_, None, code), status_code=exc.status_code)
+        return JSONBytes(error_body(str(exc.detail), type_, None, code), status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
-        return ORJSONResponse(error_body(str(exc.errors()), "invalid_request_error"), status_code=400)
+        return JSONBytes(error_body(str(exc.errors()), "invalid_request_error"), status_code=400)
 
     @app.get("/v1/models")
-    async def list_models(request: Request) -> dict:
+    async def list_models(request: Request) -> Response:
         await ctx().tokens.authenticate(request.headers.get("authorization"))
-        return {"object": "list", "data": ctx().registry.models()}
+        return JSONBytes({"object": "list", "data": ctx().registry.models()})
 
     @app.get("/v1/models/{model_id:path}")
-    async def get_model(model_id: str, request: Request) -> dict:
+    async def get_model(model_id: str, request: Request) -> Response:
         token = await ctx().tokens.authenticate(request.headers.get("authorization"))
         for m in ctx().registry.models():
             if m["id"] == model_id and token.allows(model_id):
-                return m
+                return JSONBytes(m)
         raise ModelNotFoundError(f"The model `{model_id}` does not exist.", param="model")
 
     @app.get("/livez")
-    async def livez() -> dict:
-        return {"status": "ok"}
+    async def livez() -> Response:
+        return JSONBytes({"status": "ok"})
 
     @app.get("/readyz")
     async def readyz() -> Response:
         c = holder.get("ctx")
         ready = c is not None and c.dispatcher.connected and not c.draining
-        return ORJSONResponse({"ready": ready}, status_code=200 if ready else 503)
+        return JSONBytes({"ready": ready}, status_code=200 if ready else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -57,6 +57,7 @@ class Dispatcher:
         self._tasks.append(asyncio.create_task(self._depth_loop(), name="queue-depth"))
 
     async def stop(self) -> None:
+        self.connected = False  # our own close, not a lost connection
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -191,6 +192,7 @@ class Dispatcher:
         await self.cancels.publish(
             aio_pika.Message(Cancel([ticket_id]).dumps(), type="cancel", expiration=self.settings.queue_timeout_s),
             routing_key="",
+            mandatory=False,
         )
 
     async def _on_grant(self, message: AbstractIncomingMessage) -> None:

@@ -1,0 +1,154 @@
+"""End to end over real sockets: the official OpenAI client → sender → RabbitMQ → consumer → vLLM
+simulator, and back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from llm_dispatcher.db import Store
+
+
+@pytest.fixture
+def stack(stack_factory):
+    s = stack_factory(usage_flush_interval_s=0.1)
+    s.upstream = s.add_sim(model="sim-model", served_model_names=["sim-model"], default_output_tokens=8)
+    s.add_consumer("sim-model", s.upstream)
+    s.token = s.create_token("alice", priority=5, threshold=100)
+    s.wait_models({"sim-model"}, s.token)
+    yield s
+    s.wait_idle()
+
+
+def client(stack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stack.base_url, api_key=stack.token, max_retries=0)
+
+
+def aclient(stack) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=stack.base_url, api_key=stack.token, max_retries=0)
+
+
+def test_chat_completion_with_the_sync_client(stack):
+    r = client(stack).chat.completions.create(
+        model="sim-model", messages=[{"role": "user", "content": "hello"}], max_tokens=5
+    )
+    assert r.choices[0].message.content
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.completion_tokens == 5
+
+
+async def test_chat_completion_with_the_async_client(stack):
+    async with aclient(stack) as c:
+        rs = await asyncio.gather(
+            *(
+                c.chat.completions.create(model="sim-model", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+                for _ in range(8)
+            )
+        )
+    assert all(r.usage.completion_tokens == 3 for r in rs)
+
+
+def test_streaming_chat_with_usage_requested_by_the_client(stack):
+    chunks = list(
+        client(stack).chat.completions.create(
+            model="sim-model",
+            messages=[{"role": "user", "content": "hello"}],
+            max_tokens=6,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 6
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_streaming_without_usage_requested_hides_the_usage_event_but_records_exact_usage(stack):
+    chunks = list(
+        client(stack).chat.completions.create(
+            model="sim-model", messages=[{"role": "user", "content": "count"}], max_tokens=7, stream=True
+        )
+    )
+    assert chunks and all(c.choices for c in chunks)  # exactly what vLLM sends without include_usage
+    assert all(c.usage is None for c in chunks)
+    records = wait_usage(stack, 1)
+    assert records[0]["completion_tokens"] == 7 and records[0]["prompt_tokens"] > 0
+    assert records[0]["status"] == 200 and records[0]["token_name"] == "alice"
+
+
+def test_completions_and_embeddings(stack):
+    c = client(stack)
+    r = c.completions.create(model="sim-model", prompt="Say hi", max_tokens=4)
+    assert r.choices[0].text and r.usage.completion_tokens == 4
+    e = c.embeddings.create(model="sim-model", input=["a", "b"], encoding_format="float")
+    assert len(e.data) == 2 and len(e.data[0].embedding) > 0
+
+
+def test_models_list_and_get_in_the_openai_shape(stack):
+    c = client(stack)
+    models = c.models.list()
+    assert [m.id for m in models.data] == ["sim-model"]
+    m = c.models.retrieve("sim-model")
+    assert m.id == "sim-model" and m.object == "model" and m.owned_by
+    assert m.model_extra.get("max_model_len") == 4096
+    with pytest.raises(openai.NotFoundError):
+        c.models.retrieve("nope")
+
+
+def test_models_list_drops_a_model_when_its_last_replica_goes(stack):
+    stack.stop_consumer(stack.consumers[0])
+    for _ in range(100):
+        if not client(stack).models.list().data:
+            break
+        time.sleep(0.05)
+    assert client(stack).models.list().data == []
+
+
+def test_request_id_is_accepted_and_returned(stack):
+    r = httpx.post(
+        stack.base_url + "/chat/completions",
+        headers={"authorization": f"Bearer {stack.token}", "x-request-id": "req-123"},
+        json={"model": "sim-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1},
+    )
+    assert r.status_code == 200 and r.headers["x-request-id"] == "req-123"
+    r = httpx.get(stack.base_url + "/models", headers={"authorization": f"Bearer {stack.token}"})
+    assert len(r.headers["x-request-id"]) == 32  # one is made when none is given
+
+
+def test_sender_metrics_count_requests_tokens_and_latencies(stack):
+    client(stack).chat.completions.create(model="sim-model", messages=[{"role": "user", "content": "x"}], max_tokens=2)
+    text = httpx.get(stack.url + "/metrics").text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+    assert samples[("llmd_requests_total", (("model", "sim-model"), ("priority", "5"), ("status", "200")))] == 1
+    assert samples[("llmd_tokens_total", (("kind", "completion"), ("model", "sim-model")))] == 2
+    assert samples[("llmd_queue_wait_seconds_count", (("model", "sim-model"), ("priority", "5")))] == 1
+    assert samples[("llmd_time_to_first_byte_seconds_count", (("model", "sim-model"),))] == 1
+
+
+def test_liveness_and_readiness(stack):
+    assert httpx.get(stack.url + "/livez").status_code == 200
+    assert httpx.get(stack.url + "/readyz").status_code == 200
+
+
+def wait_usage(stack, n: int, timeout: float = 5.0) -> list[dict]:
+    async def read() -> list[dict]:
+        async with Store(stack.database_url) as store, store.engine.connect() as conn:
+            import sqlalchemy as sa
+
+            rows = (await conn.execute(sa.text("select * from usage order by id"))).mappings().all()
+            return [dict(r) for r in rows]
+
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = stack.bg.call(read())
+        if len(rows) >= n or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
