@@ -1,0 +1,210 @@
+"""`llm-dispatcher tokens ...` and `db ...` end to end against a temporary SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from llm_dispatcher.cli import main
+from llm_dispatcher.db import Store, hash_token
+from llm_dispatcher.db.models import tokens
+from llm_dispatcher.db.store import head_revision
+from llm_dispatcher.tokens_cli import parse_duration
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'state' / 'cli.db'}"
+
+
+@pytest.fixture
+def cli(db_url: str, capsys: pytest.CaptureFixture[str]):
+    """Runs `llm-dispatcher <args>` in-process; returns (exit code, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            code = main([args[0], "--database-url", db_url, *args[1:]])
+        except SystemExit as exc:  # argparse errors
+            code = int(exc.code or 0)
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+def stored_rows(db_url: str) -> list[sa.Row]:
+    async def read() -> list[sa.Row]:
+        async with Store(db_url) as store, store.engine.connect() as conn:
+            return list((await conn.execute(sa.select(tokens))).all())
+
+    return asyncio.run(read())
+
+
+def test_create_quiet_prints_only_the_token_and_stores_its_hash(cli, db_url: str) -> None:
+    code, out, err = cli("tokens", "create", "alice", "--priority", "5", "--threshold", "100", "--quiet")
+    assert code == 0 and err == ""
+    token = out.strip()
+    assert out == token + "\n" and token.startswith("sk-llmd-")
+    (row,) = stored_rows(db_url)
+    assert row.token_hash == hash_token(token)
+    assert not any(token in str(v) for v in row)
+
+
+def test_create_explains_that_the_token_is_shown_once(cli) -> None:
+    code, out, _ = cli(
+        "tokens", "create", "bob", "--priority", "1", "--threshold", "10", "--models", "m1, m2", "--expires-in", "30d"
+    )
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[-1].startswith("sk-llmd-")
+    assert "cannot be shown again" in out
+    assert "m1, m2" in out and "expires 20" in out
+
+
+def test_list_shows_settings_but_never_secrets(cli, db_url: str) -> None:
+    _, out, _ = cli("tokens", "create", "alice", "--priority", "5", "--threshold", "100", "-q")
+    token = out.strip()
+    cli("tokens", "create", "bob", "--priority", "1", "--threshold", "10", "--models", "m1", "-q")
+    cli("tokens", "revoke", "bob")
+    (row,) = [r for r in stored_rows(db_url) if r.name == "alice"]
+
+    code, table, _ = cli("tokens", "list")
+    assert code == 0
+    assert "alice" in table and "bob" in table and "revoked" in table and "active" in table
+    code, as_json, _ = cli("tokens", "list", "--json")
+    assert code == 0
+    items = {i["name"]: i for i in json.loads(as_json)}
+    assert items["bob"] == {
+        "id": items["bob"]["id"],
+        "name": "bob",
+        "priority": 1,
+        "threshold": 10,
+        "allowed_models": ["m1"],
+        "expires_at": None,
+        "enabled": False,
+        "status": "revoked",
+    }
+    for output in (table, as_json):
+        assert token not in output and row.token_hash not in output and "sk-llmd-" not in output
+
+
+def test_update_changes_settings_and_enable_undoes_revoke(cli) -> None:
+    cli("tokens", "create", "u", "--priority", "1", "--threshold", "1", "--models", "a", "--expires-in", "1h", "-q")
+    code, out, _ = cli("tokens", "update", "u", "--priority", "9", "--all-models", "--no-expiry")
+    assert code == 0 and "priority 9" in out and "all models" in out and "no expiry" in out
+    cli("tokens", "revoke", "u")
+    code, out, _ = cli("tokens", "update", "u", "--enable", "--expires-at", "2031-01-02T03:04:05+01:00")
+    assert code == 0 and "active" in out and "2031-01-02T02:04:05Z" in out
+    (item,) = json.loads(cli("tokens", "list", "--json")[1])
+    assert (item["priority"], item["allowed_models"], item["enabled"]) == (9, None, True)
+
+
+def test_unknown_and_duplicate_names_exit_2_with_a_clear_message(cli) -> None:
+    assert cli("tokens", "create", "dup", "--priority", "1", "--threshold", "1", "-q")[0] == 0
+    code, out, err = cli("tokens", "create", "dup", "--priority", "1", "--threshold", "1", "-q")
+    assert (code, out) == (2, "") and "a token named 'dup' already exists" in err
+    code, _, err = cli("tokens", "revoke", "ghost")
+    assert code == 2 and "no token named 'ghost'" in err
+    code, _, err = cli("tokens", "update", "ghost", "--priority", "1")
+    assert code == 2 and "no token named 'ghost'" in err
+    code, _, err = cli("tokens", "update", "dup")
+    assert code == 2 and "nothing to update" in err
+
+
+def test_bad_arguments_are_refused_by_the_parser(cli) -> None:
+    assert cli("tokens", "create", "x", "--priority", "-1", "--threshold", "1")[0] == 2
+    assert cli("tokens", "create", "x", "--priority", "1", "--threshold", "1", "--expires-in", "soon")[0] == 2
+    code, _, err = cli("tokens", "update", "x", "--models", "a", "--all-models")
+    assert code == 2 and "not allowed with" in err
+
+
+def test_import_yaml_and_json_is_idempotent(cli, tmp_path: Path) -> None:
+    yaml_file = tmp_path / "seed.yaml"
+    yaml_file.write_text(
+        "tokens:\n"
+        "  - name: svc\n"
+        "    token: sk-svc-secret\n"
+        "    priority: 3\n"
+        "    threshold: 30\n"
+        "    allowed_models: [m1]\n"
+        "    expires_at: 2030-01-01\n"
+    )
+    code, out, _ = cli("tokens", "import", str(yaml_file))
+    assert code == 0 and "1 created or changed" in out
+    code, out, _ = cli("tokens", "import", str(yaml_file))
+    assert code == 0 and "0 created or changed" in out
+
+    json_file = tmp_path / "seed.json"
+    json_file.write_text(json.dumps([{"name": "svc", "token": "sk-svc-secret", "priority": 4, "threshold": 30}]))
+    code, out, _ = cli("tokens", "import", str(json_file))
+    assert code == 0 and "1 created or changed" in out
+    (item,) = json.loads(cli("tokens", "list", "--json")[1])
+    assert (item["priority"], item["allowed_models"], item["expires_at"]) == (4, None, None)
+
+    json_file.write_text(json.dumps([{"name": "bad", "priority": 1, "threshold": 1}]))
+    code, _, err = cli("tokens", "import", str(json_file))
+    assert code == 2 and "exactly one of 'token'" in err
+    code, _, err = cli("tokens", "import", str(tmp_path / "missing.json"))
+    assert code == 2 and "cannot read" in err
+
+
+def test_db_upgrade_and_current(cli, db_url: str) -> None:
+    code, out, _ = cli("db", "current")
+    assert (code, out) == (0, "none\n")
+    code, out, _ = cli("db", "upgrade")
+    assert code == 0 and f"to {head_revision()}" in out
+    code, out, _ = cli("db", "upgrade")
+    assert code == 0 and "already at revision" in out
+    code, out, _ = cli("db", "current")
+    assert (code, out) == (0, f"{head_revision()}\n")
+
+
+def test_database_url_defaults_to_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'env.db'}"
+    monkeypatch.setenv("LLMD_DATABASE_URL", url)
+    assert main(["tokens", "create", "envtok", "--priority", "1", "--threshold", "1", "-q"]) == 0
+    assert [r.name for r in stored_rows(url)] == ["envtok"]
+
+
+def test_unreachable_database_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["tokens", "list", "--database-url", "postgresql+asyncpg://nobody@127.0.0.1:1/none"])
+    assert code == 1
+    assert "database unavailable" in capsys.readouterr().err
+
+
+def test_console_script_in_a_subprocess_prints_only_the_token(db_url: str, tmp_path: Path) -> None:
+    env = {**os.environ, "LLMD_DATABASE_URL": db_url}
+    args = [sys.executable, "-m", "llm_dispatcher", "tokens", "create", "sub", "--priority", "2", "--threshold", "3"]
+    proc = subprocess.run([*args, "--quiet"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    token = proc.stdout.strip()
+    assert proc.stdout == token + "\n" and token.startswith("sk-llmd-")
+
+
+def test_parse_duration_accepts_units_and_combinations() -> None:
+    assert parse_duration("30d") == timedelta(days=30)
+    assert parse_duration("1w2d") == timedelta(days=9)
+    assert parse_duration("12h") == timedelta(hours=12)
+    assert parse_duration("90m") == timedelta(minutes=90)
+    for bad in ("", "10", "3x", "0d", "d"):
+        with pytest.raises(Exception, match="duration"):
+            parse_duration(bad)
+
+
+def test_expires_in_is_relative_to_now(cli) -> None:
+    before = datetime.now(UTC)
+    cli("tokens", "create", "soon", "--priority", "1", "--threshold", "1", "--expires-in", "12h", "-q")
+    (item,) = json.loads(cli("tokens", "list", "--json")[1])
+    expires = datetime.fromisoformat(item["expires_at"])
+    assert timedelta(hours=12) - timedelta(seconds=5) <= expires - before <= timedelta(hours=12, seconds=5)
