@@ -1,0 +1,110 @@
+"""`llm-dispatcher dev` (what `make run` starts): a complete local stack in one command.
+
+Processes: a vLLM simulator (unless upstreams are given), one consumer per upstream, and the sender,
+all against the RabbitMQ on localhost and a SQLite token database under ./data. Ctrl-C stops them
+all, gracefully.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from llm_dispatcher.settings import DEFAULT_DATABASE_URL
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=int(os.environ.get("LLMD_PORT", 8080)), help="sender port")
+    parser.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="MODEL=URL",
+        help="a vLLM replica to put behind the dispatcher (repeatable; default: a simulator serving sim-model)",
+    )
+    parser.add_argument("--sim-port", type=int, default=8000, help="port of the simulator when one is started")
+    parser.add_argument("--sim-model", default="sim-model", help="model name the simulator serves")
+    parser.add_argument("--consumer-port", type=int, default=9090, help="first consumer's /metrics port")
+
+
+def _wait_http(url: str, timeout: float, procs: list[subprocess.Popen]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                raise SystemExit(f"a process exited early (code {p.returncode}): {' '.join(map(str, p.args))}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - loopback URL we built
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{url} did not answer within {timeout:.0f} s")
+
+
+def run(args: argparse.Namespace) -> int:
+    exe = [sys.executable, "-m", "llm_dispatcher"]
+    env = {**os.environ, "LLMD_LOG_FORMAT": os.environ.get("LLMD_LOG_FORMAT", "text")}
+    env.setdefault("LLMD_DATABASE_URL", DEFAULT_DATABASE_URL)
+    os.makedirs("data", exist_ok=True)
+    procs: list[subprocess.Popen] = []
+    upstreams = []
+    for item in args.upstream:
+        model, sep, url = item.partition("=")
+        if not sep or not model or not url:
+            raise SystemExit(f"--upstream wants MODEL=URL, got {item!r}")
+        upstreams.append((model, url))
+    try:
+        if not upstreams:
+            procs.append(subprocess.Popen(
+                [*exe, "sim", "--port", str(args.sim_port), "--served-model-name", args.sim_model,
+                 "--max-num-seqs", "16", "--itl-base", "0.01", "--itl-per-seq", "0.001"], env=env))
+            upstreams.append((args.sim_model, f"http://127.0.0.1:{args.sim_port}"))
+            _wait_http(f"http://127.0.0.1:{args.sim_port}/health", 30, procs)
+        models = sorted({m for m, _ in upstreams})
+        for i, (model, url) in enumerate(upstreams):
+            procs.append(subprocess.Popen([*exe, "consumer"], env={
+                **env, "LLMD_MODEL": model, "LLMD_VLLM_URL": url, "LLMD_PORT": str(args.consumer_port + i),
+                "LLMD_HOST": "127.0.0.1", "LLMD_REPLICA_ID": f"{model}-{i}"}))
+        procs.append(subprocess.Popen([*exe, "sender"], env={
+            **env, "LLMD_PORT": str(args.port), "LLMD_MODELS": __import__("json").dumps(models)}))
+        _wait_http(f"http://127.0.0.1:{args.port}/readyz", 60, procs)
+        model = models[0]
+        base = f"http://127.0.0.1:{args.port}/v1"
+        print(f"""
+llm-dispatcher is running: {base}  (models: {", ".join(models)})
+  metrics: http://127.0.0.1:{args.port}/metrics   consumers: http://127.0.0.1:{args.consumer_port}/metrics
+
+Create a token (in another shell, from this directory):
+  export TOKEN=$(.venv/bin/llm-dispatcher tokens create demo-$RANDOM --priority 5 --threshold 50 --quiet)
+
+Then:
+  curl -s {base}/chat/completions -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \\
+    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}], "max_tokens": 16}}'
+
+  .venv/bin/python -c 'import os, openai; c = openai.OpenAI(base_url="{base}", api_key=os.environ["TOKEN"]); \\
+print(c.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Hello!"}}]).choices[0].message.content)'
+
+Ctrl-C stops everything.
+""", flush=True)
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        print("a process exited; stopping the stack", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=35)
+            except subprocess.TimeoutExpired:
+                p.kill()
