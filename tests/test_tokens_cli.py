@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import subprocess
@@ -208,3 +209,11 @@ def test_expires_in_is_relative_to_now(cli) -> None:
     (item,) = json.loads(cli("tokens", "list", "--json")[1])
     expires = datetime.fromisoformat(item["expires_at"])
     assert timedelta(hours=12) - timedelta(seconds=5) <= expires - before <= timedelta(hours=12, seconds=5)
+
+
+def test_create_token_dash_reads_the_plaintext_from_stdin(cli, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("sk-from-stdin\n"))
+    code, out, _ = cli("tokens", "create", "piped", "--priority", "1", "--threshold", "1", "--token", "-", "-q")
+    assert (code, out) == (0, "sk-from-stdin\n")
+    (row,) = stored_rows(db_url)
+    assert row.token_hash == hash_token("sk-from-stdin")

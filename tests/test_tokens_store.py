@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from llm_dispatcher.db import (
+    DatabaseUnavailableError,
     DuplicateTokenError,
     Store,
     TokenCache,
@@ -346,5 +347,6 @@ async def test_stale_entry_is_served_when_the_database_fails(store: Store, clock
         await conn.run_sync(tokens.drop)  # a real failure on the next query
     clock.advance(2)
     assert await cache.authenticate(f"Bearer {plaintext}") == record
-    with pytest.raises(Exception):  # noqa: B017 - never seen before: nothing stale to fall back on
+    with pytest.raises(DatabaseUnavailableError) as info:  # never seen: nothing stale to fall back on
         await cache.authenticate("Bearer sk-never-seen")
+    assert info.value.status == 503

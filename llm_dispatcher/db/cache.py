@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
 
+from llm_dispatcher.db.errors import DatabaseUnavailableError
 from llm_dispatcher.db.models import TokenRecord, utcnow
 from llm_dispatcher.db.store import Store, hash_token
 from llm_dispatcher.errors import AuthenticationError
@@ -95,11 +96,13 @@ class TokenCache:
         try:
             # shield: a client that goes away does not cancel the lookup the others are waiting on
             return await asyncio.shield(fut)
-        except Exception:
+        except Exception as exc:
             if entry is not None:
                 log.warning("token lookup failed, serving the cached entry", exc_info=True)
                 return entry[0]
-            raise
+            if isinstance(exc, DatabaseUnavailableError):
+                raise
+            raise DatabaseUnavailableError(f"token lookup failed: {exc}") from exc
 
     def _done(self, key: str, fut: asyncio.Future[TokenRecord | None]) -> None:
         self._inflight.pop(key, None)

@@ -299,9 +299,10 @@ class Store:
         validate_name(name)
         plaintext = generate_token() if token is None else validate_plaintext(token)
         now = to_db_time(utcnow())
+        token_hash = hash_token(plaintext)
         values = {
             "name": name,
-            "token_hash": hash_token(plaintext),
+            "token_hash": token_hash,
             "priority": _validate_int(priority, "priority"),
             "threshold": _validate_int(threshold, "threshold"),
             "allowed_models": _models_to_db(normalise_models(allowed_models)),
@@ -312,7 +313,7 @@ class Store:
         }
         try:
             async with self._begin("create a token") as conn:
-                await self._check_free(conn, name, values["token_hash"])
+                await self._check_free(conn, name, token_hash)
                 await conn.execute(tokens.insert().values(**values))
                 row = (await conn.execute(tokens.select().where(tokens.c.name == name))).one()
         except sa.exc.IntegrityError as exc:  # lost a race against a concurrent create

@@ -33,9 +33,7 @@ def _configure(connection: Connection) -> None:
 
 
 def _url() -> str:
-    return config.get_main_option("sqlalchemy.url") or os.environ.get(
-        "LLMD_DATABASE_URL", DEFAULT_DATABASE_URL
-    )
+    return config.get_main_option("sqlalchemy.url") or os.environ.get("LLMD_DATABASE_URL", DEFAULT_DATABASE_URL)
 
 
 async def _run_standalone() -> None:
