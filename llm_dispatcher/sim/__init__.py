@@ -1,6 +1,6 @@
 """A vLLM 0.32-compatible simulator: OpenAI API, /metrics, continuous batching, fault injection.
 
-    from llm_dispatcher.sim import SimConfig, create_app, serve_in_thread
+from llm_dispatcher.sim import SimConfig, create_app, serve_in_thread
 """
 
 from llm_dispatcher.sim.app import SimApp, create_app

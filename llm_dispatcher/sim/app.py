@@ -8,9 +8,11 @@ POST /sim/die, POST /sim/revive.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import random
 import signal
+import struct
 import threading
 import time
 import uuid
@@ -215,7 +217,9 @@ class SimApp:
 
     # -- helpers -----------------------------------------------------------------------------
     @staticmethod
-    async def _send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    async def _send_json(
+        send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
         await send(
             {
                 "type": "http.response.start",
@@ -441,8 +445,8 @@ class SimApp:
             output, natural_stop = max_tokens, False
         else:
             cap = room if kind == "chat" else min(room, COMPLETIONS_DEFAULT_MAX_TOKENS)
-            natural = cap + 1 if body.get("ignore_eos") else natural_length(
-                cfg.seed, prompt_text, cfg.default_output_tokens
+            natural = (
+                cap + 1 if body.get("ignore_eos") else natural_length(cfg.seed, prompt_text, cfg.default_output_tokens)
             )
             output, natural_stop = (natural, True) if natural <= cap else (cap, False)
         prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
@@ -501,8 +505,15 @@ class SimApp:
     def _chunk_prefix(self, job: Job) -> bytes:
         obj = "chat.completion.chunk" if job.kind == "chat" else "text_completion"
         return (
-            b'data: {"id":' + orjson.dumps(job.request_id) + b',"object":"' + obj.encode() + b'","created":'
-            + str(job.created).encode() + b',"model":' + orjson.dumps(job.model) + b',"choices":['
+            b'data: {"id":'
+            + orjson.dumps(job.request_id)
+            + b',"object":"'
+            + obj.encode()
+            + b'","created":'
+            + str(job.created).encode()
+            + b',"model":'
+            + orjson.dumps(job.model)
+            + b',"choices":['
         )
 
     def _chunk(self, job: Job, prefix: bytes, text: str, finish: str | None, first: bool) -> bytes:
@@ -512,7 +523,11 @@ class SimApp:
         else:
             choice = b'{"index":0,"text":' + orjson.dumps(text) + b',"logprobs":null,'
         if finish is None:
-            tail = b'"finish_reason":null}]}\n\n' if job.kind == "chat" else b'"finish_reason":null,"stop_reason":null}]}\n\n'
+            tail = (
+                b'"finish_reason":null}]}\n\n'
+                if job.kind == "chat"
+                else b'"finish_reason":null,"stop_reason":null}]}\n\n'
+            )
         else:
             tail = b'"finish_reason":"' + finish.encode() + b'","stop_reason":null}]}\n\n'
         return prefix + choice + tail
@@ -587,9 +602,7 @@ class SimApp:
         return orjson.dumps(body)
 
     # zero-delay mode ------------------------------------------------------------------------
-    async def _generate_at_once(
-        self, job: Job, send: Send, headers: list[tuple[bytes, bytes]], drop_at: int
-    ) -> None:
+    async def _generate_at_once(self, job: Job, send: Send, headers: list[tuple[bytes, bytes]], drop_at: int) -> None:
         cfg, metrics = self.config, self.metrics
         t0 = time.perf_counter()
         stall = cfg.stall_before_first_token
@@ -607,8 +620,9 @@ class SimApp:
                 await self._drop(job, send, body, headers, n)
             metrics.generation_tokens.inc(n)
             elapsed = time.perf_counter() - t0
-            metrics.observe_finished(finish, e2e=elapsed, queue=0.0, ttft=elapsed, prefill=0.0, decode=0.0,
-                                     output_tokens=n)
+            metrics.observe_finished(
+                finish, e2e=elapsed, queue=0.0, ttft=elapsed, prefill=0.0, decode=0.0, output_tokens=n
+            )
             await self._send_json(send, 200, body, headers)
             return
         await send({"type": "http.response.start", "status": 200, "headers": [*SSE, *headers]})
@@ -631,8 +645,7 @@ class SimApp:
         parts.append(DONE)
         metrics.generation_tokens.inc(n)
         elapsed = time.perf_counter() - t0
-        metrics.observe_finished(finish, e2e=elapsed, queue=0.0, ttft=elapsed, prefill=0.0, decode=0.0,
-                                 output_tokens=n)
+        metrics.observe_finished(finish, e2e=elapsed, queue=0.0, ttft=elapsed, prefill=0.0, decode=0.0, output_tokens=n)
         await send({"type": "http.response.body", "body": b"".join(parts)})
 
     async def _drop(self, job: Job, send: Send, body: bytes, headers: list[tuple[bytes, bytes]], n: int) -> None:
@@ -769,9 +782,9 @@ class SimApp:
                 inputs = [inputs]
             if not isinstance(inputs, list) or not inputs or not all(isinstance(x, str | list) for x in inputs):
                 raise bad_request("input: Field required (a string, a list of strings or token ids)", "input")
-            fmt = body.get("encoding_format", "float")
-            if fmt not in ("float", None):
-                raise bad_request(f"encoding_format {fmt!r} is not supported by this simulator", "encoding_format")
+            fmt = body.get("encoding_format") or "float"
+            if fmt not in ("float", "base64"):
+                raise bad_request(f"encoding_format must be 'float' or 'base64', not {fmt!r}", "encoding_format")
             cfg = self.config
             if cfg.failure_rate and self._fault_rng.random() < cfg.failure_rate:
                 raise ApiError(cfg.failure_status, f"Simulated failure (status {cfg.failure_status}).")
@@ -779,14 +792,17 @@ class SimApp:
             await self._send_json(send, exc.status, exc.body(), headers)
             return
         texts = [x if isinstance(x, str) else " ".join(map(str, x)) for x in inputs]
-        tokens = sum(max(1, count_text_tokens(t)) if isinstance(x, str) else len(x) for t, x in zip(texts, inputs, strict=True))
+        tokens = sum(
+            max(1, count_text_tokens(t)) if isinstance(x, str) else len(x) for t, x in zip(texts, inputs, strict=True)
+        )
         self.metrics.prompt_tokens.inc(tokens)
         if cfg.prefill_per_token:
             await asyncio.sleep(cfg.prefill_per_token * tokens)
         self.metrics.request_success["stop"].inc()
+        vectors = [embedding(cfg.seed, t, cfg.embedding_dim) for t in texts]
         data = [
-            {"index": i, "object": "embedding", "embedding": embedding(cfg.seed, t, cfg.embedding_dim)}
-            for i, t in enumerate(texts)
+            {"index": i, "object": "embedding", "embedding": v if fmt == "float" else _base64_floats(v)}
+            for i, v in enumerate(vectors)
         ]
         out = {
             "id": f"embd-{request_id}",
@@ -794,9 +810,19 @@ class SimApp:
             "created": int(time.time()),
             "model": model,
             "data": data,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0, "prompt_tokens_details": None},
+            "usage": {
+                "prompt_tokens": tokens,
+                "total_tokens": tokens,
+                "completion_tokens": 0,
+                "prompt_tokens_details": None,
+            },
         }
         await self._send_json(send, 200, orjson.dumps(out), headers)
+
+
+def _base64_floats(vector: list[float]) -> str:
+    """vLLM's base64 encoding: little-endian float32 bytes."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
 def create_app(config: SimConfig | None = None) -> SimApp:

@@ -21,11 +21,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--enable-request-id-headers", action="store_true", help="echo X-Request-Id on responses")
     m = parser.add_argument_group("model")
     m.add_argument("--model", default=d.model, help="model path/name (the 'root' in /v1/models)")
-    m.add_argument("--served-model-name", nargs="+", default=None, metavar="NAME",
-                   help="names served (default: --model); the first one labels /metrics")
+    m.add_argument(
+        "--served-model-name",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="names served (default: --model); the first one labels /metrics",
+    )
     m.add_argument("--max-model-len", type=int, default=d.max_model_len)
-    m.add_argument("--default-output-tokens", type=int, default=d.default_output_tokens,
-                   help="without max_tokens, the output length is seeded within [N/2, N]")
+    m.add_argument(
+        "--default-output-tokens",
+        type=int,
+        default=d.default_output_tokens,
+        help="without max_tokens, the output length is seeded within [N/2, N]",
+    )
     m.add_argument("--embedding-dim", type=int, default=d.embedding_dim)
     m.add_argument("--seed", type=int, default=d.seed)
     e = parser.add_argument_group("engine (continuous batching)")
@@ -40,8 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     f.add_argument("--failure-status", type=int, default=d.failure_status)
     f.add_argument("--stall-before-first-token", type=float, default=d.stall_before_first_token, metavar="S")
     f.add_argument("--drop-mid-stream-rate", type=float, default=d.drop_mid_stream_rate)
-    f.add_argument("--startup-delay", type=float, default=d.startup_delay, metavar="S",
-                   help="/health answers 503 for S seconds")
+    f.add_argument(
+        "--startup-delay", type=float, default=d.startup_delay, metavar="S", help="/health answers 503 for S seconds"
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:

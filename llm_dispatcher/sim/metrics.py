@@ -8,10 +8,12 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
 )
-from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 
 # Buckets as vLLM v1 declares them (vllm/v1/metrics/loggers.py).
 TTFT_BUCKETS = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -15,7 +16,9 @@ from llm_dispatcher.sim.app import SimApp, create_app, install_log_filter
 from llm_dispatcher.sim.config import SimConfig
 
 
-def uvicorn_config(app: SimApp, *, log_level: str = "warning", access_log: bool = False, **kwargs: Any) -> uvicorn.Config:
+def uvicorn_config(
+    app: SimApp, *, log_level: str = "warning", access_log: bool = False, **kwargs: Any
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         loop="uvloop",
@@ -27,6 +30,27 @@ def uvicorn_config(app: SimApp, *, log_level: str = "warning", access_log: bool 
         timeout_keep_alive=30,
         **kwargs,
     )
+
+
+class _ThreadServer(uvicorn.Server):
+    """uvicorn.Server whose main loop wakes at once when told to stop (not on its 0.1 s tick)."""
+
+    _wake: asyncio.Event | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    async def main_loop(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        while not await self.on_tick(0):  # counter 0: refreshes the Date header each time
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+
+    def request_exit(self) -> None:
+        self.should_exit = True
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(wake.set)
 
 
 class SimServer:
@@ -44,7 +68,7 @@ class SimServer:
         self._sock.bind((host, port))
         self.host, self.port = self._sock.getsockname()[:2]
         self.url = f"http://{self.host}:{self.port}"
-        self._server = uvicorn.Server(uvicorn_config(self.app))
+        self._server = _ThreadServer(uvicorn_config(self.app))
         self._thread = threading.Thread(target=self._run, name=f"sim-{self.port}", daemon=True)
         self._error: BaseException | None = None
         self.app.on_exit = self._request_exit
@@ -63,7 +87,7 @@ class SimServer:
             self._error = exc
 
     def _request_exit(self) -> None:
-        self._server.should_exit = True
+        self._server.request_exit()
 
     def start(self, timeout: float = 10.0) -> SimServer:
         install_log_filter()
@@ -77,8 +101,12 @@ class SimServer:
             time.sleep(0.005)
         return self
 
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown without waiting for it (``stop()`` waits)."""
+        self._server.request_exit()
+
     def stop(self, timeout: float = 5.0) -> None:
-        self._server.should_exit = True
+        self._server.request_exit()
         self._thread.join(timeout)
         if self._thread.is_alive():
             self._server.force_exit = True
