@@ -26,9 +26,7 @@ def main() -> int:
 
     t0 = time.monotonic()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16
-    )
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
     # The loaded model remembers it came from a quantized file; drop that so the saved config is a
     # plain bfloat16 checkpoint (vLLM would otherwise look for a GGUF quantization method).
     model.hf_quantizer = None
@@ -50,7 +48,10 @@ def main() -> int:
         gen = saved.generate(ids, attention_mask=enc.get("attention_mask"), max_new_tokens=12, do_sample=False)
     answer = tok.decode(gen[0][ids.shape[-1] :], skip_special_tokens=True).strip()
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file()) / 1e6
-    print(f"real-vllm: converted in {time.monotonic() - t0:.0f} s, {size:.0f} MB in {out}, parameters {sorted(dtypes)}; smoke answer: {answer!r}")
+    print(
+        f"real-vllm: converted in {time.monotonic() - t0:.0f} s, {size:.0f} MB in {out}, "
+        f"parameters {sorted(dtypes)}; smoke answer: {answer!r}"
+    )
     return 0
 
 

@@ -44,13 +44,49 @@ def _upstream_params() -> list[Any]:
     return params
 
 
+# Where the simulator (llm_dispatcher/sim) still disagrees with the real vLLM 0.32 (the real one is
+# right). Strict xfail for the sim only: once the simulator is fixed the XPASS fails, and the entry goes.
+SIM_KNOWN_DIFFS: dict[str, str] = {
+    "test_priority_field_accepted_without_priority_policy": (
+        "real: non-zero priority on a server without --scheduling-policy priority is accepted (200); "
+        "sim: 400 'Got priority 5 but Priority scheduling is not enabled.'"
+    ),
+    "test_max_tokens_over_max_model_len_is_400": (
+        "real message: 'max_tokens=3000 cannot be greater than max_model_len=2048. Please request fewer "
+        "output tokens. (parameter=max_tokens, value=3000)'; sim: \"'max_tokens' or 'max_completion_tokens' "
+        'is too large: ..."'
+    ),
+    "test_prompt_plus_max_tokens_over_max_model_len_is_accepted": (
+        "real: prompt_tokens + max_tokens > max_model_len with max_tokens <= max_model_len is 200; sim: 400"
+    ),
+    "test_prompt_over_max_model_len_is_400": "real: param 'input_tokens'; sim: param 'messages'",
+    "test_schema_validation_error_is_400_bad_request": (
+        "real: pydantic errors are type 'Bad Request', param 'body.messages', message '1 validation "
+        "error:...'; sim: type 'BadRequestError', param 'messages'"
+    ),
+    "test_invalid_json_body_is_400": (
+        "real: type 'Bad Request', param 'body.0', message '1 validation error:...'; "
+        "sim: type 'BadRequestError', param None"
+    ),
+    "test_metrics_names_and_labels": (
+        "real: vllm:request_success_total has finished_reason 'repetition' too; sim lacks it"
+    ),
+}
+
+
 @pytest.fixture(params=_upstream_params())
 def upstream(request: pytest.FixtureRequest) -> Upstream:
+    if request.param == "sim":
+        reason = SIM_KNOWN_DIFFS.get(request.node.originalname)
+        if reason:
+            request.applymarker(pytest.mark.xfail(reason="sim differs from real vLLM: " + reason, strict=True))
     server = request.getfixturevalue(request.param)
     url = str(getattr(server, "url", server)).rstrip("/")
     if url.endswith("/v1"):
         url = url[:-3]
-    return Upstream(kind=request.param, url=url, model=getattr(server, "model", "smollm2"))
+    model = getattr(server, "model", None) or getattr(getattr(server, "config", None), "model", None)
+    assert isinstance(model, str) and model, f"{request.param}: no served model name"
+    return Upstream(kind=request.param, url=url, model=model)
 
 
 @pytest.fixture
@@ -239,9 +275,7 @@ async def test_chat_streaming_wire_framing(http: httpx.AsyncClient, upstream: Up
     _assert_usage(usage_chunk["usage"])
 
 
-async def test_chat_streaming_without_usage_has_no_usage_chunk(
-    http: httpx.AsyncClient, upstream: Upstream
-) -> None:
+async def test_chat_streaming_without_usage_has_no_usage_chunk(http: httpx.AsyncClient, upstream: Upstream) -> None:
     payload = {
         "model": upstream.model,
         "messages": _messages(),
@@ -259,13 +293,51 @@ async def test_chat_streaming_without_usage_has_no_usage_chunk(
     assert all(c.get("usage") is None for c in chunks)
 
 
+async def test_model_is_optional(http: httpx.AsyncClient, upstream: Upstream) -> None:
+    r = await http.post("/v1/chat/completions", json={"messages": _messages(), "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == upstream.model
+
+
+async def test_x_request_id_becomes_the_response_id(http: httpx.AsyncClient, upstream: Upstream) -> None:
+    r = await http.post(
+        "/v1/chat/completions",
+        json={"model": upstream.model, "messages": _messages(), "max_tokens": 2},
+        headers={"X-Request-Id": "contract-abc123"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["id"] == "chatcmpl-contract-abc123"
+    # Echoed as a header only with --enable-request-id-headers (not set here).
+    assert "x-request-id" not in r.headers
+
+
+async def test_priority_field_accepted_without_priority_policy(http: httpx.AsyncClient, upstream: Upstream) -> None:
+    # vLLM 0.32 with the default (fcfs) scheduling policy accepts a non-zero priority and ignores it.
+    r = await http.post(
+        "/v1/chat/completions",
+        json={"model": upstream.model, "messages": _messages(), "max_tokens": 2, "priority": 5},
+    )
+    assert r.status_code == 200, r.text
+
+
+async def test_version(http: httpx.AsyncClient) -> None:
+    r = await http.get("/version")
+    assert r.status_code == 200
+    assert isinstance(r.json()["version"], str)
+
+
 # --- completions -----------------------------------------------------------------------------------
 
 
 async def test_completions_non_streaming(http: httpx.AsyncClient, upstream: Upstream) -> None:
     r = await http.post(
         "/v1/completions",
-        json={"model": upstream.model, "prompt": "The capital of France is", "max_tokens": MAX_TOKENS, "temperature": 0},
+        json={
+            "model": upstream.model,
+            "prompt": "The capital of France is",
+            "max_tokens": MAX_TOKENS,
+            "temperature": 0,
+        },
     )
     assert r.status_code == 200, r.text
     body = r.json()
@@ -346,7 +418,64 @@ async def test_negative_max_tokens_is_400_bad_request(http: httpx.AsyncClient, u
         "/v1/chat/completions", json={"model": upstream.model, "messages": _messages(), "max_tokens": -1}
     )
     assert r.status_code == 400
-    _assert_error_envelope(r.json(), 400, "BadRequestError")
+    err = _assert_error_envelope(r.json(), 400, "BadRequestError")
+    assert err["param"] == "max_tokens"
+
+
+async def test_max_tokens_over_max_model_len_is_400(http: httpx.AsyncClient, upstream: Upstream) -> None:
+    r = await http.post(
+        "/v1/chat/completions", json={"model": upstream.model, "messages": _messages(), "max_tokens": 3000}
+    )
+    assert r.status_code == 400
+    err = _assert_error_envelope(r.json(), 400, "BadRequestError")
+    assert err["param"] == "max_tokens"
+    assert err["message"].startswith("max_tokens=3000 cannot be greater than max_model_len=2048.")
+
+
+async def test_prompt_plus_max_tokens_over_max_model_len_is_accepted(
+    http: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    # vLLM 0.32 does not reject prompt_tokens + max_tokens > max_model_len when max_tokens alone fits:
+    # the output is capped by the context instead. Streamed and dropped after the first event, so a
+    # long generation does not run (the disconnect aborts it).
+    payload = {"model": upstream.model, "messages": _messages(), "max_tokens": 2040, "stream": True}
+    async with http.stream("POST", "/v1/chat/completions", json=payload) as r:
+        assert r.status_code == 200
+        async for line in r.aiter_lines():
+            if line.startswith("data: "):
+                assert json.loads(line[6:])["object"] == "chat.completion.chunk"
+                break
+
+
+async def test_prompt_over_max_model_len_is_400(http: httpx.AsyncClient, upstream: Upstream) -> None:
+    messages = [{"role": "user", "content": "hello " * 3000}]
+    r = await http.post("/v1/chat/completions", json={"model": upstream.model, "messages": messages, "max_tokens": 4})
+    assert r.status_code == 400
+    err = _assert_error_envelope(r.json(), 400, "BadRequestError")
+    assert err["param"] == "input_tokens"
+    assert err["message"].startswith("This model's maximum context length is 2048 tokens.")
+
+
+async def test_schema_validation_error_is_400_bad_request(http: httpx.AsyncClient, upstream: Upstream) -> None:
+    # Request-schema (pydantic) errors: type is "Bad Request" (the HTTP phrase, not "BadRequestError")
+    # and param the location in the body.
+    r = await http.post("/v1/chat/completions", json={"model": upstream.model, "messages": "x"})
+    assert r.status_code == 400
+    err = _assert_error_envelope(r.json(), 400, "Bad Request")
+    assert err["param"] == "body.messages"
+    assert err["message"].startswith("1 validation error:")
+    r = await http.post("/v1/chat/completions", json={"model": upstream.model})  # messages missing
+    assert r.status_code == 400
+    err = _assert_error_envelope(r.json(), 400, "Bad Request")
+    assert err["param"] == "body.messages"
+
+
+async def test_invalid_json_body_is_400(http: httpx.AsyncClient) -> None:
+    r = await http.post("/v1/chat/completions", content=b"notjson", headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    err = _assert_error_envelope(r.json(), 400, "Bad Request")
+    assert err["param"] == "body.0"
+    assert err["message"].startswith("1 validation error:")
 
 
 async def test_bad_request_via_openai_client(oai: openai.AsyncOpenAI, upstream: Upstream) -> None:
@@ -363,9 +492,7 @@ HISTOGRAMS = ("vllm:time_to_first_token_seconds",)
 
 
 def _samples(text: str) -> list[tuple[str, dict[str, str], float]]:
-    return [
-        (s.name, dict(s.labels), s.value) for fam in text_string_to_metric_families(text) for s in fam.samples
-    ]
+    return [(s.name, dict(s.labels), s.value) for fam in text_string_to_metric_families(text) for s in fam.samples]
 
 
 def _value(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
@@ -392,6 +519,16 @@ async def test_metrics_names_and_labels(http: httpx.AsyncClient, upstream: Upstr
     for n, lab, _ in samples:
         if n in GAUGES + COUNTERS:
             assert set(lab) == {"engine", "model_name"}, (n, lab)
+    reasons = {lab["finished_reason"] for n, lab, _ in samples if n == "vllm:request_success_total"}
+    assert reasons == {"stop", "length", "abort", "error", "repetition"}
+    for name in ("vllm:num_preemptions_total", "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"):
+        _value(samples, name, **want)
+    for h in (
+        "vllm:inter_token_latency_seconds",
+        "vllm:e2e_request_latency_seconds",
+        "vllm:request_queue_time_seconds",
+    ):
+        _value(samples, h + "_count", **want)
     kv = _value(samples, "vllm:kv_cache_usage_perc", **want)
     assert 0.0 <= kv <= 1.0
 
@@ -415,3 +552,7 @@ async def test_metrics_count_generated_tokens(http: httpx.AsyncClient, upstream:
         before, "vllm:time_to_first_token_seconds_count", **want
     )
     assert ttft >= 1
+    finished = _value(
+        after, "vllm:request_success_total", finished_reason=r.json()["choices"][0]["finish_reason"], **want
+    )
+    assert finished >= 1
