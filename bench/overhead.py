@@ -1,0 +1,97 @@
+"""Latency the dispatcher adds over calling the same upstream directly.
+
+Non-streaming, short responses, a zero-delay simulator; closed-loop load from `wrk` (C, one
+thread, so the load generator costs little CPU) at concurrency 1, 16 and 64. Each concurrency runs
+direct and through-the-dispatcher alternately, `--rounds` times, and medians are reported.
+
+    .venv/bin/python bench/overhead.py [--duration 8] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _procs import running  # noqa: E402
+
+BODY = {"model": "bench-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def wrk(url: str, token: str | None, concurrency: int, duration: float, workdir: str) -> dict:
+    script = Path(workdir) / "post.lua"
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = {json.dumps(json.dumps(BODY))}\n"
+        + "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
+    )
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script), url],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    lat = {m[0]: float(m[1]) * _UNITS[m[2]] for m in re.findall(r"^\s+(50|99)\.000%\s+([\d.]+)(us|ms|s)", out, re.M)}
+    if not lat:  # older wrk prints "50%" lines
+        lat = {m[0]: float(m[1]) * _UNITS[m[2]] for m in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", out, re.M)}
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    return {"p50_ms": lat["50"], "p99_ms": lat["99"], "rps": rps,
+            "non2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(0) if errors else ""}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--duration", type=float, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--concurrency", default="1,16,64")
+    ap.add_argument("--json", help="write raw results here")
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        print("wrk is needed: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    levels = [int(c) for c in args.concurrency.split(",")]
+    workdir = tempfile.mkdtemp(prefix="llmd-bench-")
+    with running(workdir, [["--max-num-seqs", "1024"]], consumer_env={"LLMD_MAX_CONCURRENCY": "1024"}) as stack:
+        token = stack.token("bench")
+        stack.wait_live(token)
+        direct_url = stack.sim_urls[0] + "/v1/chat/completions"
+        via_url = stack.url + "/v1/chat/completions"
+        wrk(via_url, token, 16, 2, workdir)  # warm-up: caches, pools, JIT-free but page cache and queues
+        wrk(direct_url, None, 16, 2, workdir)
+        results: dict[int, dict[str, list[dict]]] = {}
+        for c in levels:
+            results[c] = {"direct": [], "dispatcher": []}
+            for _ in range(args.rounds):
+                results[c]["direct"].append(wrk(direct_url, None, c, args.duration, workdir))
+                results[c]["dispatcher"].append(wrk(via_url, token, c, args.duration, workdir))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    print(f"\nmedians of {args.rounds} alternating rounds of {args.duration:g} s each, "
+          f"{os.cpu_count()} CPUs, one sender process\n")
+    print("| concurrency | direct p50 | direct p99 | direct req/s | dispatcher p50 | dispatcher p99 | "
+          "dispatcher req/s | added p50 | added p99 | errors |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for c, runs in results.items():
+        d = {k: statistics.median(r[k] for r in runs["direct"]) for k in ("p50_ms", "p99_ms", "rps")}
+        v = {k: statistics.median(r[k] for r in runs["dispatcher"]) for k in ("p50_ms", "p99_ms", "rps")}
+        errors = sum(r["non2xx"] for r in runs["dispatcher"])
+        print(f"| {c} | {d['p50_ms']:.2f} ms | {d['p99_ms']:.2f} ms | {d['rps']:.0f} | {v['p50_ms']:.2f} ms | "
+              f"{v['p99_ms']:.2f} ms | {v['rps']:.0f} | {v['p50_ms'] - d['p50_ms']:+.2f} ms | "
+              f"{v['p99_ms'] - d['p99_ms']:+.2f} ms | {errors} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
