@@ -261,7 +261,8 @@ def main() -> None:
         }
         print(
             f"{n} streams x {a.stream_tokens} tokens at itl 0.1 s: completed {med['complete']:.0f}/{n} "
-            f"(failed {sum(r['failed'] for r in runs)} over {a.runs} runs), inter-chunk gap p50 {med['gap_p50'] * 1000:.0f} ms "
+            f"(failed {sum(r['failed'] for r in runs)} over {a.runs} runs), "
+            f"inter-chunk gap p50 {med['gap_p50'] * 1000:.0f} ms "
             f"p99 {med['gap_p99'] * 1000:.0f} ms, TTFT p50 {med['ttft_p50'] * 1000:.0f} ms, wall {med['wall']:.1f} s, "
             f"sim CPU {med['sim_cpu']:.2f} cores   [{sim.command}]"
         )

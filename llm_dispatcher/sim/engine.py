@@ -110,6 +110,8 @@ class Engine:
         self._wakeup: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self.steps = 0
+        self._busy = False  # a step ended just before this one began
+        self._woke_at = 0.0
         self.admission_log: collections.deque[str] = collections.deque(maxlen=4096)  # first admissions
         metrics.bind(self.num_running, self.num_waiting, self.kv_cache_usage)
 
@@ -227,6 +229,7 @@ class Engine:
     async def _step(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self.running and not self._num_waiting:
             self._waiting.clear()  # only aborted leftovers
+            self._busy = False
             self._wakeup = loop.create_future()
             try:
                 await self._wakeup
@@ -238,8 +241,11 @@ class Engine:
             await asyncio.sleep(0.001)  # only aborted leftovers were queued
             return
         duration = step_duration(self.config, len(batch), prefill)
-        await asyncio.sleep(duration)  # 0 still yields to the HTTP side
-        now = loop.time()
+        # Steps follow one another without drift: the loop's own work eats into the next step.
+        spent = loop.time() - self._woke_at if self._busy else 0.0
+        await asyncio.sleep(max(0.0, duration - spent))  # 0 still yields to the HTTP side
+        now = self._woke_at = loop.time()
+        self._busy = True
         self.steps += 1
         batch = list(self.running)  # aborts may have happened during the sleep
         if not batch:
