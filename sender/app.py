@@ -194,7 +194,7 @@ class ProxyEndpoint:
                     f"no replica of model '{model}' is live", retry_after=ctx.settings.retry_after_s
                 )
             priority = clamp_priority(requested_priority(headers), token.priority, ctx.settings.max_priority)
-            depth = await ctx.dispatcher.depth(model)
+            depth = await ctx.dispatcher.depth(model, ctx.settings.queue_depth_max_age_s)
             if depth >= token.threshold:
                 raise OverThresholdError(
                     f"model '{model}' has {depth} requests waiting, at or above this key's limit "

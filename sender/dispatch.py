@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 
 import aio_pika
@@ -35,6 +36,7 @@ class Dispatcher:
         self._waiting: dict[str, asyncio.Future[Grant]] = {}
         self._declared: set[str] = set()
         self._depth_calls: dict[str, asyncio.Future[int]] = {}
+        self._depth_seen: dict[str, tuple[float, int]] = {}  # model -> (monotonic time, depth)
         self._reply_name = f"{self.prefix}.reply.{uuid.uuid4().hex}"
         self.connected = False
         self._tasks: list[asyncio.Task] = []
@@ -83,8 +85,13 @@ class Dispatcher:
                 fut.set_exception(BrokerUnavailableError(why, retry_after=self.settings.retry_after_s))
 
     # -- queue depth ---------------------------------------------------------------------------
-    async def depth(self, model: str) -> int:
-        """Tickets waiting in the model's queue (all senders). Concurrent callers share one query."""
+    async def depth(self, model: str, max_age_s: float = 0.0) -> int:
+        """Tickets waiting in the model's queue (all senders). Concurrent callers share one query;
+        a reading younger than `max_age_s` is reused (the threshold check needs no more precision)."""
+        if max_age_s > 0:
+            seen = self._depth_seen.get(model)
+            if seen is not None and time.monotonic() - seen[0] <= max_age_s:
+                return seen[1]
         call = self._depth_calls.get(model)
         if call is None:
             call = asyncio.get_running_loop().create_future()
@@ -113,6 +120,7 @@ class Dispatcher:
                 "the message broker is unreachable", retry_after=self.settings.retry_after_s
             ) from exc
         count = ok.message_count or 0
+        self._depth_seen[model] = (time.monotonic(), count)
         self.metrics.queue_depth.labels(model).set(count)
         return count
 

@@ -13,6 +13,9 @@ class SenderSettings(CommonSettings):
     auto_migrate: bool = Field(True, description="Apply database migrations at start")
     models: list[str] = Field(default_factory=list, description="Models known even before a replica announces itself")
     queue_timeout_s: float = Field(60.0, gt=0, description="How long a ticket may wait for a replica")
+    queue_depth_max_age_s: float = Field(
+        0.05, ge=0, description="A queue depth read this recently is reused for the threshold check"
+    )
     retry_after_s: float = Field(2.0, gt=0, description="Retry-After sent with 429 and 503")
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Largest request body accepted (413 above)")
     token_cache_ttl_s: float = Field(10.0, ge=0, description="How long a token lookup is cached (revocation delay)")
