@@ -97,7 +97,7 @@ class Consumer:
     async def start(self) -> None:
         st = self.settings
         await self.watcher.start()
-        self.connection = await amqp.connect(st.amqp_url, f"consumer:{st.model}:{st.replica_id}")
+        self.connection = await amqp.connect(st.amqp_url, f"consumer:{st.queue_prefix}:{st.model}:{st.replica_id}")
         self.connection.reconnect_callbacks.add(self._on_reconnect)
         self.connection.close_callbacks.add(self._on_close)
         self.channel = await self.connection.channel(publisher_confirms=False)

@@ -43,6 +43,7 @@ class Dispatcher:
 
     async def start(self) -> None:
         self.connection = await amqp.connect(self.settings.amqp_url, f"sender:{self._reply_name}")
+        self._pending_releases: list[tuple[Grant, int, str]] = []
         self.connection.close_callbacks.add(self._on_close)
         self.connection.reconnect_callbacks.add(self._on_reconnect)
         self.channel = await self.connection.channel(publisher_confirms=False)
@@ -78,6 +79,16 @@ class Dispatcher:
     def _on_reconnect(self, *_args) -> None:
         self.connected = True
         log.info("broker connection restored")
+        if self._pending_releases:
+            task = asyncio.get_running_loop().create_task(self._flush_releases())
+            task.add_done_callback(_log_failure)
+
+    async def _flush_releases(self) -> None:
+        """Releases that ended while the broker was away, sent once consumers have re-subscribed."""
+        await asyncio.sleep(1.0)
+        pending, self._pending_releases = self._pending_releases, []
+        for grant, status, reason in pending:
+            await self.release(grant, status, reason)
 
     def _fail_waiting(self, why: str) -> None:
         for fut in list(self._waiting.values()):
@@ -218,7 +229,8 @@ class Dispatcher:
 
     async def release(self, grant: Grant, status: int, reason: str) -> None:
         if not self.connected:
-            return  # the consumer's lease expiry reclaims it
+            self._pending_releases.append((grant, status, reason))  # sent on reconnect
+            return
         try:
             await self.channel.default_exchange.publish(
                 aio_pika.Message(Release(grant.lease_id, status, reason).dumps(), type="release"),
