@@ -211,13 +211,31 @@ def run_loadgen(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def engine_itl(url: str) -> float:
+    """Mean inter-token latency as the simulator itself measured it (its /metrics)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    values = {
+        s.name: s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == "vllm:inter_token_latency_seconds"
+        for s in f.samples
+    }
+    count = values.get("vllm:inter_token_latency_seconds_count", 0.0)
+    return values.get("vllm:inter_token_latency_seconds_sum", 0.0) / count if count else 0.0
+
+
 # -- driver ------------------------------------------------------------------------------------
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--duration", type=float, default=8.0)
-    p.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
-    p.add_argument("--streams", type=int, nargs="+", default=[500, 1000])
+    p.add_argument("--concurrency", type=int, nargs="*", default=[16, 64])
+    p.add_argument("--streams", type=int, nargs="*", default=[500, 1000])
     p.add_argument("--stream-tokens", type=int, default=40)
     p.add_argument(
         "--loadgen",
@@ -254,17 +272,19 @@ def main() -> None:
                 cpu0 = sim.cpu_seconds()
                 r = run_loadgen("streams", sim.url, str(n), "--max-tokens", str(a.stream_tokens))
                 r["sim_cpu"] = (sim.cpu_seconds() - cpu0) / r["wall"]
+                r["engine_itl"] = engine_itl(sim.url)
                 runs.append(r)
         med = {
             k: statistics.median(r[k] for r in runs)
-            for k in ("complete", "gap_p50", "gap_p99", "ttft_p50", "wall", "sim_cpu")
+            for k in ("complete", "gap_p50", "gap_p99", "ttft_p50", "wall", "sim_cpu", "engine_itl")
         }
         print(
             f"{n} streams x {a.stream_tokens} tokens at itl 0.1 s: completed {med['complete']:.0f}/{n} "
             f"(failed {sum(r['failed'] for r in runs)} over {a.runs} runs), "
             f"inter-chunk gap p50 {med['gap_p50'] * 1000:.0f} ms "
             f"p99 {med['gap_p99'] * 1000:.0f} ms, TTFT p50 {med['ttft_p50'] * 1000:.0f} ms, wall {med['wall']:.1f} s, "
-            f"sim CPU {med['sim_cpu']:.2f} cores   [{sim.command}]"
+            f"sim CPU {med['sim_cpu']:.2f} cores, engine-side ITL mean {med['engine_itl'] * 1000:.0f} ms"
+            f"   [{sim.command}]"
         )
     print(f"load average {os.getloadavg()[0]:.2f} at end")
 
