@@ -20,8 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _procs import running  # noqa: E402
+from llm_dispatcher.localstack import running
 
 BODY = {"model": "bench-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}

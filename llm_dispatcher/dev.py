@@ -13,8 +13,8 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
+from llm_dispatcher.localstack import wait_http
 from llm_dispatcher.settings import DEFAULT_DATABASE_URL
 
 
@@ -32,23 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--consumer-port", type=int, default=9090, help="first consumer's /metrics port")
 
 
-def _wait_http(url: str, timeout: float, procs: list[subprocess.Popen]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                raise SystemExit(f"a process exited early (code {p.returncode}): {' '.join(map(str, p.args))}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - loopback URL we built
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{url} did not answer within {timeout:.0f} s")
+def _terminate(_signum, _frame) -> None:
+    raise KeyboardInterrupt
 
 
 def run(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _terminate)  # stop the children on SIGTERM as on Ctrl-C
     exe = [sys.executable, "-m", "llm_dispatcher"]
     env = {**os.environ, "LLMD_LOG_FORMAT": os.environ.get("LLMD_LOG_FORMAT", "text")}
     env.setdefault("LLMD_DATABASE_URL", DEFAULT_DATABASE_URL)
@@ -66,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
                 [*exe, "sim", "--port", str(args.sim_port), "--served-model-name", args.sim_model,
                  "--max-num-seqs", "16", "--itl-base", "0.01", "--itl-per-seq", "0.001"], env=env))
             upstreams.append((args.sim_model, f"http://127.0.0.1:{args.sim_port}"))
-            _wait_http(f"http://127.0.0.1:{args.sim_port}/health", 30, procs)
+            wait_http(f"http://127.0.0.1:{args.sim_port}/health", procs, 30)
         models = sorted({m for m, _ in upstreams})
         for i, (model, url) in enumerate(upstreams):
             procs.append(subprocess.Popen([*exe, "consumer"], env={
@@ -74,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                 "LLMD_HOST": "127.0.0.1", "LLMD_REPLICA_ID": f"{model}-{i}"}))
         procs.append(subprocess.Popen([*exe, "sender"], env={
             **env, "LLMD_PORT": str(args.port), "LLMD_MODELS": __import__("json").dumps(models)}))
-        _wait_http(f"http://127.0.0.1:{args.port}/readyz", 60, procs)
+        wait_http(f"http://127.0.0.1:{args.port}/readyz", procs, 60)
         model = models[0]
         base = f"http://127.0.0.1:{args.port}/v1"
         print(f"""
@@ -88,7 +77,8 @@ Then:
   curl -s {base}/chat/completions -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \\
     -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}], "max_tokens": 16}}'
 
-  .venv/bin/python -c 'import os, openai; c = openai.OpenAI(base_url="{base}", api_key=os.environ["TOKEN"]); \\
+  .venv/bin/python -c 'import os, openai; \\
+c = openai.OpenAI(base_url="{base}", api_key=os.environ["TOKEN"]); \\
 print(c.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Hello!"}}]).choices[0].message.content)'
 
 Ctrl-C stops everything.
@@ -97,7 +87,10 @@ Ctrl-C stops everything.
             time.sleep(0.5)
         print("a process exited; stopping the stack", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RuntimeError, TimeoutError) as exc:
+        if not isinstance(exc, KeyboardInterrupt):
+            print(f"llm-dispatcher dev: {exc}", file=sys.stderr)
+            return 1
         return 0
     finally:
         for p in reversed(procs):

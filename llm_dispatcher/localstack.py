@@ -1,4 +1,6 @@
-"""Starting the dispatcher's processes for benchmarks (each in its own process, as in production)."""
+"""A whole dispatcher as separate local processes (simulators, consumers, sender), as in production.
+
+Used by `llm-dispatcher dev`, the benchmarks and the process-level tests."""
 
 from __future__ import annotations
 
@@ -23,23 +25,25 @@ def free_port() -> int:
 
 
 def wait_http(url: str, procs: list[subprocess.Popen], timeout: float = 60) -> None:
+    """Until `url` answers 200; fails at once if one of `procs` exits meanwhile."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for p in procs:
             if p.poll() is not None:
-                raise RuntimeError(f"process exited early: {p.args}")
+                raise RuntimeError(f"process exited early (code {p.returncode}): {' '.join(map(str, p.args))}")
         with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - loopback
+            with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status == 200:
                     return
         time.sleep(0.1)
-    raise TimeoutError(url)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
 class Stack:
-    """sim(s) + one consumer per sim + one sender, with a fresh queue prefix and token DB."""
+    """sim(s) + one consumer per sim + one sender, with a fresh queue prefix and token DB.
+    `start()` starts that; `start_sim` / `start_consumer` / `start_sender` build other shapes."""
 
-    def __init__(self, workdir: str, sims: list[list[str]], model: str = "bench-model",
+    def __init__(self, workdir: str, sims: list[list[str]] | None = None, model: str = "bench-model",
                  consumer_env: dict | None = None, sender_env: dict | None = None):
         self.workdir = workdir
         self.model = model
@@ -47,30 +51,49 @@ class Stack:
         self.db = f"sqlite+aiosqlite:///{workdir}/bench-{self.prefix}.db"
         self.env = {**os.environ, "LLMD_QUEUE_PREFIX": self.prefix, "LLMD_DATABASE_URL": self.db,
                     "LLMD_LOG_LEVEL": "WARNING", "LLMD_LOG_FORMAT": "text"}
-        self.sim_args = sims
+        self.sim_args = sims or []
         self.consumer_env = consumer_env or {}
         self.sender_env = sender_env or {}
         self.procs: list[subprocess.Popen] = []
         self.sim_urls: list[str] = []
+        self.consumers: list[subprocess.Popen] = []
 
     def start(self) -> Stack:
-        for i, args in enumerate(self.sim_args):
-            port = free_port()
-            self.procs.append(subprocess.Popen(
-                [*EXE, "sim", "--port", str(port), "--served-model-name", self.model, *args], env=self.env))
-            url = f"http://127.0.0.1:{port}"
-            wait_http(url + "/health", self.procs)
-            self.sim_urls.append(url)
-            cport = free_port()
-            self.procs.append(subprocess.Popen([*EXE, "consumer"], env={
-                **self.env, "LLMD_MODEL": self.model, "LLMD_VLLM_URL": url, "LLMD_PORT": str(cport),
-                "LLMD_HOST": "127.0.0.1", "LLMD_REPLICA_ID": f"r{i}", **self.consumer_env}))
-        self.port = free_port()
-        self.procs.append(subprocess.Popen([*EXE, "sender"], env={
-            **self.env, "LLMD_PORT": str(self.port), "LLMD_TOKEN_CACHE_TTL_S": "60", **self.sender_env}))
-        wait_http(f"http://127.0.0.1:{self.port}/readyz", self.procs)
-        self.url = f"http://127.0.0.1:{self.port}"
+        for args in self.sim_args:
+            self.start_consumer(self.start_sim(args))
+        self.start_sender()
         return self
+
+    def start_sim(self, args: list[str]) -> str:
+        port = free_port()
+        self.procs.append(subprocess.Popen(
+            [*EXE, "sim", "--port", str(port), "--served-model-name", self.model, *args], env=self.env))
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/health", self.procs)
+        self.sim_urls.append(url)
+        return url
+
+    def start_consumer(self, vllm_url: str, **env: str) -> subprocess.Popen:
+        """A consumer process; its /metrics and probes are at `proc.url`."""
+        port = free_port()
+        n = len(self.consumers)
+        proc = subprocess.Popen([*EXE, "consumer"], env={
+            **self.env, "LLMD_MODEL": self.model, "LLMD_VLLM_URL": vllm_url, "LLMD_PORT": str(port),
+            "LLMD_HOST": "127.0.0.1", "LLMD_REPLICA_ID": f"r{n}", **self.consumer_env, **env})
+        proc.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        self.consumers.append(proc)
+        wait_http(proc.url + "/livez", [proc])  # type: ignore[attr-defined]
+        return proc
+
+    def start_sender(self, **env: str) -> subprocess.Popen:
+        self.port = free_port()
+        self.sender = subprocess.Popen([*EXE, "sender"], env={
+            **self.env, "LLMD_PORT": str(self.port), "LLMD_TOKEN_CACHE_TTL_S": "60", **self.sender_env, **env})
+        self.procs.append(self.sender)
+        self.url = f"http://127.0.0.1:{self.port}"
+        wait_http(self.url + "/readyz", self.procs)
+        return self.sender
 
     def token(self, name: str, priority: int = 5, threshold: int = 100000) -> str:
         out = subprocess.run(
@@ -84,7 +107,7 @@ class Stack:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             req = urllib.request.Request(self.url + "/v1/models", headers={"Authorization": f"Bearer {token}"})
-            with contextlib.suppress(OSError), urllib.request.urlopen(req, timeout=2) as r:  # noqa: S310
+            with contextlib.suppress(OSError), urllib.request.urlopen(req, timeout=2) as r:
                 if any(m["id"] == self.model for m in json.load(r)["data"]):
                     return
             time.sleep(0.2)

@@ -1,0 +1,124 @@
+"""The real entry points as separate processes: graceful shutdown of both services, and a consumer
+killed with SIGKILL while it holds an unacked ticket."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+
+from llm_dispatcher.localstack import Stack
+
+MODEL = "proc-model"
+
+
+@pytest.fixture
+def procs(tmp_path, amqp_url):
+    stack = Stack(str(tmp_path), model=MODEL)
+    stack.env["LLMD_AMQP_URL"] = amqp_url
+    stack.env["LLMD_HEARTBEAT_INTERVAL_S"] = "0.2"
+    stack.env["LLMD_SCRAPE_INTERVAL_S"] = "0.1"
+    yield stack
+    stack.stop()
+
+
+def body(max_tokens: int, stream: bool = False) -> dict:
+    return {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": max_tokens,
+            "stream": stream}
+
+
+def stream_in_thread(url: str, token: str, max_tokens: int) -> dict:
+    """Starts a streaming request in a thread; the dict fills in with status and body when it ends."""
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            with httpx.stream("POST", url + "/v1/chat/completions", json=body(max_tokens, True),
+                              headers={"authorization": f"Bearer {token}"}, timeout=30) as r:
+                out["status"] = r.status_code
+                out["body"] = b"".join(r.iter_bytes())
+        except httpx.HTTPError as exc:
+            out["error"] = exc
+
+    out["thread"] = threading.Thread(target=run, daemon=True)
+    out["thread"].start()
+    return out
+
+
+def consumer_state(proc) -> dict:
+    return httpx.get(proc.url + "/readyz").json()
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        time.sleep(0.02)
+
+
+def test_sender_sigterm_finishes_streams_then_exits(procs):
+    sim = procs.start_sim(["--itl-base", "0.02"])
+    procs.start_consumer(sim)
+    sender = procs.start_sender(LLMD_SHUTDOWN_GRACE_S="20")
+    token = procs.token("t")
+    procs.wait_live(token)
+    s = stream_in_thread(procs.url, token, 100)  # ~2 s
+    wait_until(lambda: consumer_state(procs.consumers[0])["in_flight"] == 1, 5, "stream granted")
+    sender.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    with pytest.raises(httpx.ConnectError):  # no new connections while draining
+        httpx.get(procs.url + "/livez")
+    s["thread"].join(15)
+    assert s.get("status") == 200 and s["body"].rstrip().endswith(b"data: [DONE]")
+    # uvicorn re-raises the signal it caught once shutdown is complete: the conventional exit status
+    assert sender.wait(15) in (0, -signal.SIGTERM)
+    wait_until(lambda: consumer_state(procs.consumers[0])["in_flight"] == 0, 5, "lease released")
+
+
+def test_consumer_sigterm_stops_pulling_lets_granted_requests_finish_then_exits(procs):
+    sim = procs.start_sim(["--itl-base", "0.02"])
+    consumer = procs.start_consumer(sim)
+    procs.start_sender()
+    token = procs.token("t")
+    procs.wait_live(token)
+    s = stream_in_thread(procs.url, token, 100)
+    wait_until(lambda: consumer_state(consumer)["in_flight"] == 1, 5, "stream granted")
+    consumer.send_signal(signal.SIGTERM)
+    wait_until(lambda: consumer_state(consumer)["pulling"] is False, 2, "consumer to stop pulling")
+    assert httpx.get(consumer.url + "/readyz").status_code == 503
+    s["thread"].join(15)
+    assert s.get("status") == 200 and s["body"].rstrip().endswith(b"data: [DONE]")
+    assert consumer.wait(10) == 0
+
+
+def test_a_consumer_killed_holding_an_unacked_ticket_returns_it_and_it_is_granted_once(procs):
+    sim = procs.start_sim([])
+    a = procs.start_consumer(sim, LLMD_REPLICA_ID="victim")
+    procs.start_sender()
+    token = procs.token("t")
+    procs.wait_live(token)
+    os.kill(a.pid, signal.SIGSTOP)  # frozen while subscribed: the broker still pushes it a ticket
+    result: dict = {}
+
+    def call() -> None:
+        result["r"] = httpx.post(procs.url + "/v1/chat/completions", json=body(3),
+                                 headers={"authorization": f"Bearer {token}"}, timeout=30)
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    time.sleep(1.0)  # the ticket is delivered to the frozen consumer, unacked
+    assert "r" not in result
+    os.kill(a.pid, signal.SIGKILL)
+    a.wait(5)
+    b = procs.start_consumer(sim, LLMD_REPLICA_ID="survivor")
+    t.join(20)
+    assert result["r"].status_code == 200
+    assert result["r"].json()["usage"]["completion_tokens"] == 3
+    metrics = httpx.get(b.url + "/metrics").text
+    grants = [line for line in metrics.splitlines() if line.startswith("llmd_consumer_grants_total")]
+    assert grants and float(grants[0].rsplit(" ", 1)[1]) == 1.0  # granted exactly once, by the survivor
+    wait_until(lambda: consumer_state(b)["in_flight"] == 0, 5, "lease released")
