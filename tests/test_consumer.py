@@ -43,7 +43,8 @@ def test_vllm_down_stops_pulling_within_two_seconds_and_resumes_by_itself(one):
     took = wait_for(lambda: not c.ready and c.state()["pulling"] is False, 2.0, "consumer to stop pulling")
     assert took < 2.0
     assert c.state()["decision"] == "unhealthy"
-    # The sender hears it too: no live replica.
+    # The sender hears it on the next heartbeat: no live replica, refused at once.
+    wait_for(lambda: not one.ctx.registry.live(MODEL), 2.0, "the sender to see the replica not ready")
     r = httpx.post(one.base_url + "/chat/completions", json=CHAT, headers={"authorization": f"Bearer {one.token}"})
     assert r.status_code == 503
     assert httpx.post(one.upstream + "/sim/revive").status_code == 200
