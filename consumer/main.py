@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 
 from fastapi import FastAPI, Response
@@ -40,7 +41,7 @@ def create_http_app(consumer: Consumer) -> FastAPI:
 async def serve(settings: ConsumerSettings) -> None:
     consumer = Consumer(settings)
     server = uvicorn_server(create_http_app(consumer), settings.host, settings.port, settings.log_level)
-    server.install_signal_handlers = lambda: None  # signals are ours: drain first, then stop
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # ours: drain first
     http_task = asyncio.create_task(server.serve())
     await consumer.start()
     await wait_for_signal()

@@ -102,7 +102,7 @@ class Consumer:
         self.connection.close_callbacks.add(self._on_close)
         self.channel = await self.connection.channel(publisher_confirms=False)
         await self.channel.set_qos(prefetch_count=st.prefetch)
-        self.channel.return_callbacks.add(self._on_returned)
+        self.channel.return_callbacks.add(self._on_returned)  # type: ignore[arg-type]
         self.queue = await amqp.declare_model_queue(self.channel, st.queue_prefix, st.model, st.max_priority)
         self.heartbeats = await amqp.declare_fanout(self.channel, protocol.heartbeat_exchange(st.queue_prefix))
         cancels = await amqp.declare_fanout(self.channel, protocol.cancel_exchange(st.queue_prefix))
@@ -127,7 +127,7 @@ class Consumer:
         with contextlib.suppress(Exception):
             await self._publish_heartbeat()
         deadline = time.monotonic() + (self.settings.shutdown_grace_s if grace_s is None else grace_s)
-        while self.in_flight and time.monotonic() < deadline:
+        while self.in_flight and time.monotonic() < deadline:  # noqa: ASYNC110 - leases end on other tasks
             await asyncio.sleep(0.05)
         if self.in_flight:
             log.warning("shutting down with %d requests still granted", self.in_flight)

@@ -30,7 +30,7 @@ def wait_http(url: str, procs: list[subprocess.Popen], timeout: float = 60) -> N
     while time.monotonic() < deadline:
         for p in procs:
             if p.poll() is not None:
-                raise RuntimeError(f"process exited early (code {p.returncode}): {' '.join(map(str, p.args))}")
+                raise RuntimeError(f"process exited early (code {p.returncode}): {p.args!r}")
         with contextlib.suppress(OSError):
             with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status == 200:

@@ -180,7 +180,7 @@ class Dispatcher:
             waiting.dec()
             self._waiting.pop(ticket.id, None)
 
-    async def _publish_ticket(self, ticket: Ticket, timeout: float) -> None:
+    async def _publish_ticket(self, ticket: Ticket, ttl_s: float) -> None:
         if not self.connected:
             raise BrokerUnavailableError("the message broker is unreachable", retry_after=self.settings.retry_after_s)
         try:
@@ -190,7 +190,7 @@ class Dispatcher:
                     priority=ticket.priority,
                     correlation_id=ticket.id,
                     reply_to=self._reply_name,
-                    expiration=timeout,
+                    expiration=ttl_s,
                     content_type="application/json",
                 ),
                 routing_key=protocol.model_queue(self.prefix, ticket.model),

@@ -9,7 +9,9 @@ class SenderSettings(CommonSettings):
     host: str = Field("127.0.0.1", description="Address the sender listens on")
     port: int = Field(8080, description="Port the sender listens on")
     database_url: str = Field(DEFAULT_DATABASE_URL, description="SQLAlchemy async URL of the token/usage DB")
-    tokens_file: str = Field("", description="JSON/YAML list of tokens {name, token, priority, threshold} upserted at start")
+    tokens_file: str = Field(
+        "", description="JSON/YAML list of tokens {name, token, priority, threshold} upserted at start"
+    )
     auto_migrate: bool = Field(True, description="Apply database migrations at start")
     models: list[str] = Field(default_factory=list, description="Models known even before a replica announces itself")
     queue_timeout_s: float = Field(60.0, gt=0, description="How long a ticket may wait for a replica")

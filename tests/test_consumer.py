@@ -96,7 +96,8 @@ def test_unreadable_metrics_fall_back_to_the_in_flight_cap_and_say_so(stack_fact
     reg = c.metrics.registry
     labels = {"model": MODEL, "replica": c.settings.replica_id}
     assert reg.get_sample_value("llmd_consumer_vllm_metrics_fresh", labels) == 0
-    assert reg.get_sample_value("llmd_consumer_admission_decisions_total", {**labels, "reason": "admit_metrics_stale"}) == 1
+    decisions = {**labels, "reason": "admit_metrics_stale"}
+    assert reg.get_sample_value("llmd_consumer_admission_decisions_total", decisions) == 1
     errors = reg.get_sample_value("llmd_consumer_vllm_scrape_errors_total", {**labels, "endpoint": "metrics"})
     polls = time.monotonic()
     time.sleep(0.5)
