@@ -167,12 +167,12 @@ start_server() {
 		if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
 			die "port $port is taken by something that is not a healthy vLLM"
 		fi
-		# --enforce-eager: measured on the 2-core CI-like machine (docs/benchmarks.md, "Real vLLM on
-		# CPU"): without it the first start compiles with torch inductor (~5-6 min cold, ~4 min even
-		# with the compile cache in ~/.cache/vllm); in eager mode the server is healthy in a fraction of
-		# that while decode speed stays in the same range (~12 tok/s for one stream, the engine runs
-		# with one torch thread and is bound by the matmuls, not by Python overhead). Start-up time is
-		# what a test session pays, so eager is the default; VLLM_ENFORCE_EAGER=0 turns it off.
+		# --enforce-eager (default), measured on a 2-core shared machine (docs/benchmarks.md, "Real vLLM on
+		# CPU"): eager mode is healthy after ~50 s (86 s the very first time); with torch.compile the
+		# start takes ~240 s cold and still ~190 s later, because vLLM 0.32 CPU fails to load its own
+		# AOT compile cache and recompiles. Compiled decode is only ~15-25 % faster for one stream
+		# (~16 vs ~13 tok/s) and about the same saturated (~17 tok/s, the engine serves on one core).
+		# A test session pays the start every time, so eager it is; VLLM_ENFORCE_EAGER=0 compiles.
 		local args=(
 			-m vllm.entrypoints.openai.api_server
 			--model "$MODEL_DIR" --served-model-name "$MODEL_NAME"
