@@ -69,8 +69,15 @@ def schedule(classes: list[TrafficClass], duration: float, seed: int) -> list[Ar
         rng = random.Random(seed * 1000 + i)
         t = rng.expovariate(c.rate) if c.rate > 0 else duration
         while t < duration:
-            out.append(Arrival(c.name, t, rng.randint(*c.prompt_tokens), rng.randint(*c.max_tokens),
-                               f"{c.name}-{uuid.UUID(int=rng.getrandbits(128)).hex[:16]}"))
+            out.append(
+                Arrival(
+                    c.name,
+                    t,
+                    rng.randint(*c.prompt_tokens),
+                    rng.randint(*c.max_tokens),
+                    f"{c.name}-{uuid.UUID(int=rng.getrandbits(128)).hex[:16]}",
+                )
+            )
             t += rng.expovariate(c.rate)
     out.sort(key=lambda a: a.at)
     return out

@@ -28,9 +28,9 @@ import aiohttp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import Record, Target, TrafficClass, assign_replicas, run_load, schedule  # noqa: E402
+from loadgen import Record, Target, TrafficClass, assign_replicas, run_load, schedule
 
-from llm_dispatcher.localstack import Stack  # noqa: E402
+from llm_dispatcher.localstack import Stack
 
 # A replica that saturates like a GPU: at most 16 sequences, each step 20 ms + 2 ms per running
 # sequence (ITL 22 ms alone, 52 ms at 16), prefill 0.2 ms per prompt token: ~300 output tokens/s.
@@ -54,15 +54,25 @@ class Arm:
     external: list[str] = field(default_factory=list)  # upstream URLs not started here (real vLLM)
 
 
-def three_arms(sims: list[list[str]], consumer_env: dict | None = None, external: list[str] | None = None,
-               fifo_policy: str = "fcfs") -> list[Arm]:
+def three_arms(
+    sims: list[list[str]],
+    consumer_env: dict | None = None,
+    external: list[str] | None = None,
+    fifo_policy: str = "fcfs",
+) -> list[Arm]:
     pol = ["--scheduling-policy", "priority"]
     ext = external or []
     return [
         Arm("vLLM FIFO", "direct", [[*s, "--scheduling-policy", fifo_policy] for s in sims], external=ext),
         Arm("vLLM priority", "direct-priority", [[*s, *pol] for s in sims], external=ext),
-        Arm("llm-dispatcher", "dispatcher", [[*s, "--scheduling-policy", fifo_policy] for s in sims],
-            {**CONSUMER, **(consumer_env or {})}, dict(SENDER), external=ext),
+        Arm(
+            "llm-dispatcher",
+            "dispatcher",
+            [[*s, "--scheduling-policy", fifo_policy] for s in sims],
+            {**CONSUMER, **(consumer_env or {})},
+            dict(SENDER),
+            external=ext,
+        ),
     ]
 
 
@@ -104,7 +114,7 @@ class Sampler:
                     "in_flight": [],
                     "tickets": _sum(texts[-1], "llmd_waiting_tickets") if self.sender else 0.0,
                 }
-                for x in texts[n:n + len(self.consumers)]:
+                for x in texts[n : n + len(self.consumers)]:
                     try:
                         row["in_flight"].append(json.loads(x)["in_flight"])
                     except (ValueError, KeyError):
@@ -144,8 +154,15 @@ def idle_while_waiting(rows: list[dict], mode: str) -> list[dict]:
 
 
 # -- running one arm -------------------------------------------------------------------------------
-def run_arm(arm: Arm, classes: list[TrafficClass], duration: float, seed: int, workdir: str,
-            drain_s: float = 20.0, model: str = MODEL) -> dict:
+def run_arm(
+    arm: Arm,
+    classes: list[TrafficClass],
+    duration: float,
+    seed: int,
+    workdir: str,
+    drain_s: float = 20.0,
+    model: str = MODEL,
+) -> dict:
     stack = Stack(workdir, model=model)
     try:
         urls = list(arm.external) or [stack.start_sim([*a, "--seed", str(seed)]) for a in arm.sims]
@@ -178,9 +195,16 @@ def run_arm(arm: Arm, classes: list[TrafficClass], duration: float, seed: int, w
 
         t_start = time.time()
         records, rows = asyncio.run(drive())
-        return {"arm": arm.name, "mode": arm.mode, "records": [r.as_dict() for r in records], "rows": rows,
-                "engine_tps": engine_tps(rows, WARMUP_S, duration), "loadavg": [load_before, os.getloadavg()[0]],
-                "started": t_start, "consumer_env": arm.consumer_env}
+        return {
+            "arm": arm.name,
+            "mode": arm.mode,
+            "records": [r.as_dict() for r in records],
+            "rows": rows,
+            "engine_tps": engine_tps(rows, WARMUP_S, duration),
+            "loadavg": [load_before, os.getloadavg()[0]],
+            "started": t_start,
+            "consumer_env": arm.consumer_env,
+        }
     finally:
         stack.stop()
 
@@ -215,32 +239,44 @@ def class_stats(records: list[dict], cls: str | None = None) -> dict:
     e2e = [r["e2e"] for r in waited if r["e2e"] is not None]
     tps = [r["tps"] for r in ok if r["tps"] is not None]
     return {
-        "n": len(rs), "ok": len(ok), "429": sum(r["status"] == 429 for r in rs),
-        "503": sum(r["status"] == 503 for r in rs), "cut": len(cut),
+        "n": len(rs),
+        "ok": len(ok),
+        "429": sum(r["status"] == 429 for r in rs),
+        "503": sum(r["status"] == 503 for r in rs),
+        "cut": len(cut),
         "other": sum(r["status"] not in (200, 429, 503, -1) for r in rs),
-        "ttft_p50": pct(ttft, 50), "ttft_p95": pct(ttft, 95), "e2e_p50": pct(e2e, 50), "e2e_p95": pct(e2e, 95),
-        "tps_p10": pct(tps, 10), "tps_p50": pct(tps, 50), "tokens": sum(r["out_tokens"] for r in ok),
+        "ttft_p50": pct(ttft, 50),
+        "ttft_p95": pct(ttft, 95),
+        "e2e_p50": pct(e2e, 50),
+        "e2e_p95": pct(e2e, 95),
+        "tps_p10": pct(tps, 10),
+        "tps_p50": pct(tps, 50),
+        "tokens": sum(r["out_tokens"] for r in ok),
         "last_end": max((r["start"] + r["e2e"] for r in ok), default=float("nan")),
     }
 
 
 def fmt(x: float, unit: str = "s") -> str:
     if x != x:
-        return "–"
+        return "-"
     return f"{x:.2f} {unit}" if unit else f"{x:.1f}"
 
 
 def table(results: list[dict], classes: list[str], duration: float) -> str:
-    lines = ["| arm | class | requests | ok | 429 | 503 | cut | TTFT p50 | TTFT p95 | e2e p50 | e2e p95 | "
-             "stream tok/s p10 | class output tok/s | engine tok/s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| arm | class | requests | ok | 429 | 503 | cut | TTFT p50 | TTFT p95 | e2e p50 | e2e p95 | "
+        "stream tok/s p10 | class output tok/s | engine tok/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for res in results:
         for i, c in enumerate(classes):
             s = class_stats(res["records"], c)
             eng = f"{res['engine_tps']:.0f}" if i == 0 else ""
-            lines.append(f"| {res['arm'] if i == 0 else ''} | {c} | {s['n']} | {s['ok']} | {s['429']} | {s['503']} | "
-                         f"{s['cut']} | {fmt(s['ttft_p50'])} | {fmt(s['ttft_p95'])} | {fmt(s['e2e_p50'])} | "
-                         f"{fmt(s['e2e_p95'])} | {fmt(s['tps_p10'], '')} | {s['tokens'] / s['last_end']:.0f} | {eng} |")
+            lines.append(
+                f"| {res['arm'] if i == 0 else ''} | {c} | {s['n']} | {s['ok']} | {s['429']} | {s['503']} | "
+                f"{s['cut']} | {fmt(s['ttft_p50'])} | {fmt(s['ttft_p95'])} | {fmt(s['e2e_p50'])} | "
+                f"{fmt(s['e2e_p95'])} | {fmt(s['tps_p10'], '')} | {s['tokens'] / s['last_end']:.0f} | {eng} |"
+            )
     return "\n".join(lines)
 
 
@@ -254,8 +290,12 @@ def _plt():
     return plt
 
 
-COLORS = {"vLLM FIFO": "tab:red", "vLLM priority": "tab:orange", "llm-dispatcher": "tab:blue",
-          "idle (interactive only, dispatcher)": "tab:green"}
+COLORS = {
+    "vLLM FIFO": "tab:red",
+    "vLLM priority": "tab:orange",
+    "llm-dispatcher": "tab:blue",
+    "idle (interactive only, dispatcher)": "tab:green",
+}
 
 
 def plot_priority(results: list[dict], idle: dict | None, path: Path, title: str) -> None:
@@ -264,8 +304,11 @@ def plot_priority(results: list[dict], idle: dict | None, path: Path, title: str
     arms = ([idle] if idle else []) + results
     for ax, cls in zip(axes[:2], ("interactive", "batch"), strict=True):
         for res in arms:
-            v = sorted(r["ttft"] for r in res["records"] if r["cls"] == cls and r["status"] in (200, -1)
-                       and r["ttft"] is not None)
+            v = sorted(
+                r["ttft"]
+                for r in res["records"]
+                if r["cls"] == cls and r["status"] in (200, -1) and r["ttft"] is not None
+            )
             if v:
                 ax.plot(v, np.linspace(0, 1, len(v)), label=res["arm"], color=COLORS.get(res["arm"]))
         ax.set_xscale("log")
@@ -276,8 +319,11 @@ def plot_priority(results: list[dict], idle: dict | None, path: Path, title: str
         ax.legend(fontsize=8)
     ax = axes[2]
     for res in results:
-        pts = [(r["start"], r["ttft"]) for r in res["records"] if r["cls"] == "interactive"
-               and r["status"] in (200, -1) and r["ttft"] is not None]
+        pts = [
+            (r["start"], r["ttft"])
+            for r in res["records"]
+            if r["cls"] == "interactive" and r["status"] in (200, -1) and r["ttft"] is not None
+        ]
         if pts:
             x, y = zip(*pts, strict=True)
             ax.scatter(x, y, s=6, label=res["arm"], color=COLORS.get(res["arm"]))
@@ -303,8 +349,12 @@ def plot_goodput(results: list[dict], path: Path, title: str) -> None:
         run = np.array([sum(r["running"]) for r in rows])
         if len(t) > 10:
             step = 10  # ~1 s
-            axes[0].plot(t[step:], (g[step:] - g[:-step]) / (t[step:] - t[:-step]), label=res["arm"],
-                         color=COLORS.get(res["arm"]))
+            axes[0].plot(
+                t[step:],
+                (g[step:] - g[:-step]) / (t[step:] - t[:-step]),
+                label=res["arm"],
+                color=COLORS.get(res["arm"]),
+            )
             axes[1].plot(t, run, label=res["arm"], color=COLORS.get(res["arm"]), alpha=0.8)
     axes[0].set_title("engine output tokens/s (1 s window)")
     axes[1].set_title("sequences running in the engine (max 16)")
@@ -357,8 +407,13 @@ def plot_floor(results: list[dict], floor: float, path: Path, title: str) -> Non
         if v:
             axes[0].plot(v, np.linspace(0, 1, len(v)), label=res["arm"], color=COLORS.get(res["arm"]))
         rows = res["rows"]
-        axes[1].plot([r["t"] for r in rows], [sum(r["running"]) for r in rows], label=res["arm"],
-                     color=COLORS.get(res["arm"]), alpha=0.8)
+        axes[1].plot(
+            [r["t"] for r in rows],
+            [sum(r["running"]) for r in rows],
+            label=res["arm"],
+            color=COLORS.get(res["arm"]),
+            alpha=0.8,
+        )
     axes[0].axvline(floor, color="k", ls="--", label=f"floor {floor:g} tok/s")
     axes[0].set_xlabel("per-stream decode tokens/s")
     axes[0].set_ylabel("fraction of admitted requests")
@@ -377,9 +432,11 @@ def plot_floor(results: list[dict], floor: float, path: Path, title: str) -> Non
 # -- the scenarios ---------------------------------------------------------------------------------
 def s1_classes() -> list[TrafficClass]:
     # Capacity estimate at batch 16: 3.25 ms of engine time per output token + 0.2 ms per prompt token
-    # → interactive ~0.17 s, batch ~0.64 s of engine time per request. 2.0·0.17 + 2.6·0.64 ≈ 2.0 = 2×.
-    return [TrafficClass("interactive", 2.0, (50, 300), (16, 64), vllm_priority=0, llmd_priority=8, threshold=200),
-            TrafficClass("batch", 2.6, (200, 1000), (64, 256), vllm_priority=1, llmd_priority=1, threshold=16)]
+    # → interactive ~0.17 s, batch ~0.64 s of engine time per request. 2.0·0.17 + 2.6·0.64 ≈ 2.0 = 2x.
+    return [
+        TrafficClass("interactive", 2.0, (50, 300), (16, 64), vllm_priority=0, llmd_priority=8, threshold=200),
+        TrafficClass("batch", 2.6, (200, 1000), (64, 256), vllm_priority=1, llmd_priority=1, threshold=16),
+    ]
 
 
 def scenario1(a, workdir: str, img: Path) -> dict:
@@ -390,11 +447,14 @@ def scenario1(a, workdir: str, img: Path) -> dict:
     plot_priority(results, idle, img / "scenario1-priority.png", "Scenario 1: priority under 2x overload (simulator)")
     idle_p95 = class_stats(idle["records"], "interactive")["ttft_p95"]
     disp_p95 = class_stats(results[2]["records"], "interactive")["ttft_p95"]
-    report = (f"### Scenario 1 (priority under overload) — {a.duration:g} s per arm\n\n"
-              + table([idle], ["interactive"], a.idle_duration) + "\n\n" + table(results, ["interactive", "batch"],
-                                                                                  a.duration)
-              + f"\n\nTarget 1: interactive p95 TTFT through the dispatcher {disp_p95:.3f} s vs idle {idle_p95:.3f} s"
-              f" = {disp_p95 / idle_p95:.2f}x (target <= 1.5x)\n")
+    report = (
+        f"### Scenario 1 (priority under overload) — {a.duration:g} s per arm\n\n"
+        + table([idle], ["interactive"], a.idle_duration)
+        + "\n\n"
+        + table(results, ["interactive", "batch"], a.duration)
+        + f"\n\nTarget 1: interactive p95 TTFT through the dispatcher {disp_p95:.3f} s vs idle {idle_p95:.3f} s"
+        f" = {disp_p95 / idle_p95:.2f}x (target <= 1.5x)\n"
+    )
     return {"report": report, "idle": idle, "results": results, "ratio": disp_p95 / idle_p95}
 
 
@@ -406,10 +466,13 @@ def scenario2(a, workdir: str, img: Path) -> dict:
     results = [run_arm(arm, classes(), a.duration, a.seed, workdir) for arm in three_arms([SIM])]
     plot_goodput(results, img / "scenario2-goodput.png", "Scenario 2: goodput at saturation (1.3x, simulator)")
     ratio = results[2]["engine_tps"] / results[0]["engine_tps"]
-    report = (f"### Scenario 2 (goodput) — {a.duration:g} s per arm\n\n" + table(results, ["mixed"], a.duration)
-              + f"\n\nTarget 2: engine output tokens/s from {WARMUP_S:g} s to {a.duration:g} s: dispatcher "
-              f"{results[2]['engine_tps']:.0f} vs vLLM FIFO {results[0]['engine_tps']:.0f} = {ratio:.3f} "
-              f"(target >= 0.95)\n")
+    report = (
+        f"### Scenario 2 (goodput) — {a.duration:g} s per arm\n\n"
+        + table(results, ["mixed"], a.duration)
+        + f"\n\nTarget 2: engine output tokens/s from {WARMUP_S:g} s to {a.duration:g} s: dispatcher "
+        f"{results[2]['engine_tps']:.0f} vs vLLM FIFO {results[0]['engine_tps']:.0f} = {ratio:.3f} "
+        f"(target >= 0.95)\n"
+    )
     return {"report": report, "results": results, "ratio": ratio}
 
 
@@ -420,11 +483,20 @@ def scenario3(a, workdir: str, img: Path) -> dict:
         return [TrafficClass("mixed", 6.2, (50, 500), (16, 128), llmd_priority=5, threshold=100000)]
 
     results = [run_arm(arm, classes(), a.duration, a.seed, workdir) for arm in three_arms([SIM_SLOW, SIM])]
-    plot_replicas(results, img / "scenario3-replicas.png", "Scenario 3: uneven replicas (r1 twice as fast)",
-                  ["r0 slow", "r1 fast"])
-    lines = [f"### Scenario 3 (uneven replicas) — {a.duration:g} s per arm\n", table(results, ["mixed"], a.duration),
-             "", "| arm | completed on r0 (slow) | completed on r1 (fast) | fast/slow | longest idle while work waited "
-             "r0 / r1 | total idle while work waited r0 / r1 |", "|---|---:|---:|---:|---:|---:|"]
+    plot_replicas(
+        results,
+        img / "scenario3-replicas.png",
+        "Scenario 3: uneven replicas (r1 twice as fast)",
+        ["r0 slow", "r1 fast"],
+    )
+    lines = [
+        f"### Scenario 3 (uneven replicas) — {a.duration:g} s per arm\n",
+        table(results, ["mixed"], a.duration),
+        "",
+        "| arm | completed on r0 (slow) | completed on r1 (fast) | fast/slow | longest idle while work waited "
+        "r0 / r1 | total idle while work waited r0 / r1 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     summary = {}
     for res in results:
         c0 = sum(r["replica"] == "r0" and r["status"] == 200 for r in res["records"])
@@ -432,8 +504,10 @@ def scenario3(a, workdir: str, img: Path) -> dict:
         idle = idle_while_waiting(res["rows"], res["mode"])
         res["idle"] = idle
         summary[res["arm"]] = {"r0": c0, "r1": c1, "idle": idle}
-        lines.append(f"| {res['arm']} | {c0} | {c1} | {c1 / max(c0, 1):.2f} | {idle[0]['longest_s']:.1f} s / "
-                     f"{idle[1]['longest_s']:.1f} s | {idle[0]['total_s']:.1f} s / {idle[1]['total_s']:.1f} s |")
+        lines.append(
+            f"| {res['arm']} | {c0} | {c1} | {c1 / max(c0, 1):.2f} | {idle[0]['longest_s']:.1f} s / "
+            f"{idle[1]['longest_s']:.1f} s | {idle[0]['total_s']:.1f} s / {idle[1]['total_s']:.1f} s |"
+        )
     return {"report": "\n".join(lines) + "\n", "results": results, "summary": summary}
 
 
@@ -446,12 +520,18 @@ def scenario4(a, workdir: str, img: Path) -> dict:
 
     arms = three_arms([SIM], {"LLMD_MIN_TOKENS_PER_SECOND_PER_USER": str(floor)})
     results = [run_arm(arm, classes(), a.duration, a.seed, workdir) for arm in arms]
-    plot_floor(results, floor, img / "scenario4-floor.png",
-               f"Scenario 4: per-user speed floor {floor:g} tok/s (1.5x offered, simulator)")
+    plot_floor(
+        results,
+        floor,
+        img / "scenario4-floor.png",
+        f"Scenario 4: per-user speed floor {floor:g} tok/s (1.5x offered, simulator)",
+    )
     p10 = class_stats(results[2]["records"])["tps_p10"]
-    report = (f"### Scenario 4 (per-user speed floor {floor:g} tok/s) — {a.duration:g} s per arm\n\n"
-              + table(results, ["mixed"], a.duration)
-              + f"\n\nTarget 4: p10 per-stream tokens/s through the dispatcher {p10:.1f} (floor {floor:g})\n")
+    report = (
+        f"### Scenario 4 (per-user speed floor {floor:g} tok/s) — {a.duration:g} s per arm\n\n"
+        + table(results, ["mixed"], a.duration)
+        + f"\n\nTarget 4: p10 per-stream tokens/s through the dispatcher {p10:.1f} (floor {floor:g})\n"
+    )
     return {"report": report, "results": results, "p10": p10}
 
 
@@ -462,18 +542,26 @@ def scenario5(a, workdir: str, img: Path) -> dict:
     url = os.environ.get("LLMD_REAL_VLLM_URL", "http://127.0.0.1:18041").rstrip("/")
 
     def classes() -> list[TrafficClass]:
-        return [TrafficClass("interactive", a.real_rate_i, (20, 60), (8, 16), vllm_priority=0, llmd_priority=8,
-                             threshold=200),
-                TrafficClass("batch", a.real_rate_b, (50, 200), (32, 64), vllm_priority=1, llmd_priority=1,
-                             threshold=8)]
+        return [
+            TrafficClass(
+                "interactive", a.real_rate_i, (20, 60), (8, 16), vllm_priority=0, llmd_priority=8, threshold=200
+            ),
+            TrafficClass("batch", a.real_rate_b, (50, 200), (32, 64), vllm_priority=1, llmd_priority=1, threshold=8),
+        ]
 
     arms = three_arms([[]], {"LLMD_MAX_CONCURRENCY": "4"}, external=[url], fifo_policy="priority")
-    results = [run_arm(arm, classes(), a.real_duration, a.seed, workdir, drain_s=30, model="smollm2")
-               for arm in arms]
-    plot_priority(results, None, img / "scenario5-real-vllm.png",
-                  "Scenario 5: real vLLM on CPU (SmolLM2-135M, max-num-seqs 4), interactive vs batch")
-    report = (f"### Scenario 5 (real vLLM on CPU) — {a.real_duration:g} s per arm, {url}\n\n"
-              + table(results, ["interactive", "batch"], a.real_duration) + "\n")
+    results = [run_arm(arm, classes(), a.real_duration, a.seed, workdir, drain_s=30, model="smollm2") for arm in arms]
+    plot_priority(
+        results,
+        None,
+        img / "scenario5-real-vllm.png",
+        "Scenario 5: real vLLM on CPU (SmolLM2-135M, max-num-seqs 4), interactive vs batch",
+    )
+    report = (
+        f"### Scenario 5 (real vLLM on CPU) — {a.real_duration:g} s per arm, {url}\n\n"
+        + table(results, ["interactive", "batch"], a.real_duration)
+        + "\n"
+    )
     return {"report": report, "results": results}
 
 
