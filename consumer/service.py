@@ -16,7 +16,6 @@ import time
 import uuid
 from collections import OrderedDict
 
-import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
 from consumer.leases import LeaseTable
@@ -57,6 +56,7 @@ class Consumer:
         self.connected = False
         self._cancelled: OrderedDict[str, None] = OrderedDict()
         self._consumer_tag: str | None = None
+        self._prefetch = 0
         self._gate_lock = asyncio.Lock()
         self._gate_wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -101,7 +101,8 @@ class Consumer:
         self.connection.reconnect_callbacks.add(self._on_reconnect)
         self.connection.close_callbacks.add(self._on_close)
         self.channel = await self.connection.channel(publisher_confirms=False)
-        await self.channel.set_qos(prefetch_count=st.prefetch)
+        await self.channel.set_qos(prefetch_count=1)
+        self._prefetch = 1
         self.channel.return_callbacks.add(self._on_returned)  # type: ignore[arg-type]
         self.queue = await amqp.declare_model_queue(self.channel, st.queue_prefix, st.model, st.max_priority)
         self.heartbeats = await amqp.declare_fanout(self.channel, protocol.heartbeat_exchange(st.queue_prefix))
@@ -175,6 +176,13 @@ class Consumer:
     async def _set_pulling(self, on: bool) -> None:
         async with self._gate_lock:
             if on and self._consumer_tag is None:
+                # Never ask for more tickets than there is room for: what arrives can be granted at
+                # once, so a small prefetch costs no priority inversion and parks nothing.
+                room = self.limits.max_concurrency - self.in_flight
+                prefetch = max(1, min(self.settings.prefetch, room))
+                if prefetch != self._prefetch:
+                    await self.channel.set_qos(prefetch_count=prefetch)
+                    self._prefetch = prefetch
                 self._consumer_tag = await self.queue.consume(self._on_ticket)
             elif not on and self._consumer_tag is not None:
                 tag, self._consumer_tag = self._consumer_tag, None
@@ -219,10 +227,8 @@ class Consumer:
             forward_priority=self.settings.forward_priority,
         )
         try:
-            await self.channel.default_exchange.publish(
-                aio_pika.Message(grant.dumps(), correlation_id=ticket.id, content_type="application/json"),
-                routing_key=message.reply_to or "",
-                mandatory=True,
+            await amqp.publish(
+                self.channel, message.reply_to or "", grant.dumps(), correlation_id=ticket.id, mandatory=True
             )
         except Exception:
             log.exception("could not send grant; ticket goes back to the queue", extra={"ticket_id": ticket.id})
@@ -302,11 +308,9 @@ class Consumer:
             waiting=s.waiting if s else None,
             kv_cache_usage=s.kv_cache_usage if s else None,
         )
-        ttl_ms = int(max(1.0, st.heartbeat_interval_s * 3) * 1000)
-        await self.heartbeats.publish(
-            aio_pika.Message(hb.dumps(), expiration=ttl_ms / 1000, content_type="application/json"),
-            routing_key="",
-            mandatory=False,
+        await amqp.publish(
+            self.channel, "", hb.dumps(), exchange=self.heartbeats.name,
+            expiration_s=max(1.0, st.heartbeat_interval_s * 3),
         )
 
     def state(self) -> dict:

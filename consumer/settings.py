@@ -20,7 +20,7 @@ class ConsumerSettings(CommonSettings):
     min_tokens_per_second_per_user: float = Field(
         0, ge=0, description="Pull only while tokens/s per running request stays at or above (0: off)"
     )
-    prefetch: int = Field(1, ge=1, description="Tickets the broker may push before an ack (keep small)")
+    prefetch: int = Field(8, ge=1, description="Tickets the broker may push before an ack, at most the free room")
     scrape_interval_s: float = Field(0.5, gt=0, description="How often vLLM /metrics and /health are read")
     metrics_stale_after_s: float = Field(5.0, gt=0, description="Older metrics are ignored (in-flight cap only)")
     unhealthy_after_s: float = Field(2.0, gt=0, description="Stop pulling when /health failed this long")

@@ -6,6 +6,7 @@ import logging
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from pamqp.commands import Basic
 
 from llm_dispatcher import protocol
 
@@ -27,3 +28,34 @@ async def declare_model_queue(channel: AbstractChannel, prefix: str, model: str,
 
 async def declare_fanout(channel: AbstractChannel, name: str) -> AbstractExchange:
     return await channel.declare_exchange(name, aio_pika.ExchangeType.FANOUT, durable=False, auto_delete=False)
+
+
+async def publish(
+    channel: AbstractChannel,
+    routing_key: str,
+    body: bytes,
+    *,
+    exchange: str = "",
+    mandatory: bool = False,
+    expiration_s: float | None = None,
+    message_type: str | None = None,
+    **properties,
+) -> None:
+    """Publish on the hot path: straight to the underlying aiormq channel, without building an
+    aio-pika Message and without waiting for the socket to drain (frames stay in order)."""
+    raw = await channel.get_underlay_channel()
+    await raw.basic_publish(  # type: ignore[call-arg]  # `wait` is on the concrete aiormq channel
+        body,
+        exchange=exchange,
+        routing_key=routing_key,
+        mandatory=mandatory,
+        properties=Basic.Properties(
+            content_type="application/json",
+            delivery_mode=1,
+            expiration=None if expiration_s is None else str(max(0, int(expiration_s * 1000))),
+            message_type=message_type,
+            message_id=properties.pop("message_id", None) or properties.get("correlation_id"),
+            **properties,
+        ),
+        wait=False,
+    )

@@ -13,7 +13,6 @@ import logging
 import time
 import uuid
 
-import aio_pika
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage
 
@@ -184,17 +183,14 @@ class Dispatcher:
         if not self.connected:
             raise BrokerUnavailableError("the message broker is unreachable", retry_after=self.settings.retry_after_s)
         try:
-            await self.channel.default_exchange.publish(
-                aio_pika.Message(
-                    ticket.dumps(),
-                    priority=ticket.priority,
-                    correlation_id=ticket.id,
-                    reply_to=self._reply_name,
-                    expiration=ttl_s,
-                    content_type="application/json",
-                ),
-                routing_key=protocol.model_queue(self.prefix, ticket.model),
-                mandatory=False,
+            await amqp.publish(
+                self.channel,
+                protocol.model_queue(self.prefix, ticket.model),
+                ticket.dumps(),
+                priority=ticket.priority,
+                correlation_id=ticket.id,
+                reply_to=self._reply_name,
+                expiration_s=ttl_s,
             )
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             raise BrokerUnavailableError(
@@ -208,10 +204,13 @@ class Dispatcher:
             task.add_done_callback(_log_failure)
 
     async def _publish_cancel(self, ticket_id: str) -> None:
-        await self.cancels.publish(
-            aio_pika.Message(Cancel([ticket_id]).dumps(), type="cancel", expiration=self.settings.queue_timeout_s),
-            routing_key="",
-            mandatory=False,
+        await amqp.publish(
+            self.channel,
+            "",
+            Cancel([ticket_id]).dumps(),
+            exchange=self.cancels.name,
+            message_type="cancel",
+            expiration_s=self.settings.queue_timeout_s,
         )
 
     async def _on_grant(self, message: AbstractIncomingMessage) -> None:
@@ -232,10 +231,8 @@ class Dispatcher:
             self._pending_releases.append((grant, status, reason))  # sent on reconnect
             return
         try:
-            await self.channel.default_exchange.publish(
-                aio_pika.Message(Release(grant.lease_id, status, reason).dumps(), type="release"),
-                routing_key=grant.release_to,
-                mandatory=False,
+            await amqp.publish(
+                self.channel, grant.release_to, Release(grant.lease_id, status, reason).dumps(), message_type="release"
             )
         except Exception as exc:
             log.warning("release of lease %s not sent: %r", grant.lease_id, exc)
