@@ -5,7 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast lint bench services real-vllm real-vllm-stop clean
+.PHONY: run test test-fast test-real-vllm lint bench services real-vllm real-vllm-stop clean
+
+REAL_VLLM_PORT ?= 18000
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +27,17 @@ test: $(STAMP) services
 # Everything except the real-vLLM tier (it installs and starts a real vLLM on CPU: minutes).
 test-fast: $(STAMP) services
 	$(BIN)/python -m pytest -m 'not real_vllm' $(PYTEST_ARGS)
+
+# The real vLLM tier alone (installs vLLM for CPU and a small model once, under ~/.cache/llm-dispatcher).
+test-real-vllm: $(STAMP) services
+	$(BIN)/python -m pytest -m real_vllm $(PYTEST_ARGS)
+
+real-vllm:
+	bash scripts/real-vllm.sh ensure
+	bash scripts/real-vllm.sh start $(REAL_VLLM_PORT)
+
+real-vllm-stop:
+	bash scripts/real-vllm.sh stop $(REAL_VLLM_PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check llm_dispatcher sender consumer tests bench
