@@ -72,10 +72,14 @@ class ClientGone(Exception):
 
 # -- request id ------------------------------------------------------------------------------------
 class RequestIdMiddleware:
-    """Accepts X-Request-Id (or makes one), exposes it as scope['request_id'], returns it."""
+    """Accepts X-Request-Id (or makes one), exposes it as scope['request_id'], returns it.
 
-    def __init__(self, app):
+    Proxied requests (POST /v1/...) go from here straight to the proxy endpoint: the hot path skips
+    the router and the framework's per-request machinery, which the proxy does not use."""
+
+    def __init__(self, app, proxy=None):
         self.app = app
+        self.proxy = proxy
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -97,7 +101,10 @@ class RequestIdMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        if self.proxy is not None and scope["method"] == "POST" and scope["path"].startswith("/v1/"):
+            await self.proxy(scope, receive, send_with_id)
+        else:
+            await self.app(scope, receive, send_with_id)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -237,6 +244,13 @@ class ProxyEndpoint:
                     ctx.metrics.tokens.labels(model, "prompt").inc(usage[0])
                 if usage[1] is not None:
                     ctx.metrics.tokens.labels(model, "completion").inc(usage[1])
+            if ctx.settings.access_log:
+                log.info(
+                    "%s %s %d in %.1f ms (queued %.1f ms)", scope["method"], scope["path"], status, total * 1000,
+                    queue_wait * 1000,
+                    extra={"request_id": request_id, "model": model or None, "priority": priority,
+                           "status": status, "replica": grant.replica if grant else None, "reason": reason},
+                )
             if token is not None and model:
                 ctx.usage.submit(
                     UsageRecord(
@@ -434,8 +448,9 @@ def create_app(settings: SenderSettings | None = None) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(ctx().metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.router.routes.append(Route("/v1/{path:path}", ProxyEndpoint(ctx), methods=["POST"]))
-    app.add_middleware(RequestIdMiddleware)
+    endpoint = ProxyEndpoint(ctx)
+    app.router.routes.append(Route("/v1/{path:path}", endpoint, methods=["POST"]))  # for the OpenAPI/405 view
+    app.add_middleware(RequestIdMiddleware, proxy=endpoint)
     return app
 
 

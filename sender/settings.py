@@ -26,4 +26,5 @@ class SenderSettings(CommonSettings):
     upstream_read_timeout_s: float = Field(600.0, gt=0, description="Read timeout between bytes from vLLM")
     upstream_max_connections: int = Field(1000, gt=0, description="Pooled connections to all replicas")
     usage_flush_interval_s: float = Field(1.0, gt=0, description="Usage records are written in batches this often")
+    access_log: bool = Field(True, description="One structured log line per proxied request")
     shutdown_grace_s: float = Field(30.0, ge=0, description="How long in-flight streams may finish at shutdown")
