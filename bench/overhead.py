@@ -50,6 +50,29 @@ def wrk(url: str, token: str | None, concurrency: int, duration: float, workdir:
             "non2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(0) if errors else ""}
 
 
+def sender_means(url: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of the sender's own latency histograms, to split the added time."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url + "/metrics") as r:
+        text = r.read().decode()
+    out: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            for name in ("llmd_queue_wait_seconds", "llmd_time_to_first_byte_seconds", "llmd_request_duration_seconds"):
+                if sample.name in (name + "_sum", name + "_count"):
+                    acc = out.setdefault(name, [0.0, 0.0])
+                    acc[0 if sample.name.endswith("_sum") else 1] += sample.value
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def delta_ms(before: dict, after: dict, name: str) -> float:
+    (s0, c0), (s1, c1) = before.get(name, (0.0, 0.0)), after.get(name, (0.0, 0.0))
+    return (s1 - s0) / (c1 - c0) * 1000 if c1 > c0 else float("nan")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--duration", type=float, default=8)
@@ -74,21 +97,29 @@ def main() -> int:
             results[c] = {"direct": [], "dispatcher": []}
             for _ in range(args.rounds):
                 results[c]["direct"].append(wrk(direct_url, None, c, args.duration, workdir))
-                results[c]["dispatcher"].append(wrk(via_url, token, c, args.duration, workdir))
+                before = sender_means(stack.url)
+                run = wrk(via_url, token, c, args.duration, workdir)
+                after = sender_means(stack.url)
+                run["mean_queue_wait_ms"] = delta_ms(before, after, "llmd_queue_wait_seconds")
+                run["mean_ttfb_ms"] = delta_ms(before, after, "llmd_time_to_first_byte_seconds")
+                run["mean_in_sender_ms"] = delta_ms(before, after, "llmd_request_duration_seconds")
+                results[c]["dispatcher"].append(run)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     print(f"\nmedians of {args.rounds} alternating rounds of {args.duration:g} s each, "
           f"{os.cpu_count()} CPUs, one sender process\n")
     print("| concurrency | direct p50 | direct p99 | direct req/s | dispatcher p50 | dispatcher p99 | "
-          "dispatcher req/s | added p50 | added p99 | errors |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "dispatcher req/s | added p50 | added p99 | errors | mean ticket→grant | mean request→first byte |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c, runs in results.items():
         d = {k: statistics.median(r[k] for r in runs["direct"]) for k in ("p50_ms", "p99_ms", "rps")}
         v = {k: statistics.median(r[k] for r in runs["dispatcher"]) for k in ("p50_ms", "p99_ms", "rps")}
         errors = sum(r["non2xx"] for r in runs["dispatcher"])
         print(f"| {c} | {d['p50_ms']:.2f} ms | {d['p99_ms']:.2f} ms | {d['rps']:.0f} | {v['p50_ms']:.2f} ms | "
               f"{v['p99_ms']:.2f} ms | {v['rps']:.0f} | {v['p50_ms'] - d['p50_ms']:+.2f} ms | "
-              f"{v['p99_ms'] - d['p99_ms']:+.2f} ms | {errors} |")
+              f"{v['p99_ms'] - d['p99_ms']:+.2f} ms | {errors} | "
+              f"{statistics.median(r['mean_queue_wait_ms'] for r in runs['dispatcher']):.2f} ms | "
+              f"{statistics.median(r['mean_ttfb_ms'] for r in runs['dispatcher']):.2f} ms |")
     return 0
 
 
