@@ -46,32 +46,7 @@ def _upstream_params() -> list[Any]:
 
 # Where the simulator (llm_dispatcher/sim) still disagrees with the real vLLM 0.32 (the real one is
 # right). Strict xfail for the sim only: once the simulator is fixed the XPASS fails, and the entry goes.
-SIM_KNOWN_DIFFS: dict[str, str] = {
-    "test_priority_field_accepted_without_priority_policy": (
-        "real: non-zero priority on a server without --scheduling-policy priority is accepted (200); "
-        "sim: 400 'Got priority 5 but Priority scheduling is not enabled.'"
-    ),
-    "test_max_tokens_over_max_model_len_is_400": (
-        "real message: 'max_tokens=3000 cannot be greater than max_model_len=2048. Please request fewer "
-        "output tokens. (parameter=max_tokens, value=3000)'; sim: \"'max_tokens' or 'max_completion_tokens' "
-        'is too large: ..."'
-    ),
-    "test_prompt_plus_max_tokens_over_max_model_len_is_accepted": (
-        "real: prompt_tokens + max_tokens > max_model_len with max_tokens <= max_model_len is 200; sim: 400"
-    ),
-    "test_prompt_over_max_model_len_is_400": "real: param 'input_tokens'; sim: param 'messages'",
-    "test_schema_validation_error_is_400_bad_request": (
-        "real: pydantic errors are type 'Bad Request', param 'body.messages', message '1 validation "
-        "error:...'; sim: type 'BadRequestError', param 'messages'"
-    ),
-    "test_invalid_json_body_is_400": (
-        "real: type 'Bad Request', param 'body.0', message '1 validation error:...'; "
-        "sim: type 'BadRequestError', param None"
-    ),
-    "test_metrics_names_and_labels": (
-        "real: vllm:request_success_total has finished_reason 'repetition' too; sim lacks it"
-    ),
-}
+SIM_KNOWN_DIFFS: dict[str, str] = {}
 
 
 @pytest.fixture(params=_upstream_params())

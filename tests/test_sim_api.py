@@ -148,29 +148,31 @@ def test_unknown_model_is_404_not_found_error_with_vllm_message(sim):
     r = httpx.post(sim.url + "/v1/chat/completions", json={**CHAT, "model": "nope"})
     assert r.status_code == 404
     assert r.json() == {
-        "error": {"message": "The model `nope` does not exist.", "type": "NotFoundError", "param": "model", "code": 404}
+        "error": {
+            "message": "The model `nope` does not exist. Valid aliases: sim-model.",
+            "type": "NotFoundError",
+            "param": "model",
+            "code": 404,
+        }
     }
 
 
 @pytest.mark.parametrize(
     ("path", "payload"),
     [
-        ("/v1/chat/completions", b"{not json"),
-        ("/v1/chat/completions", b"[1, 2]"),
-        ("/v1/chat/completions", orjson.dumps({"model": "sim-model"})),
         ("/v1/chat/completions", orjson.dumps({**CHAT, "max_tokens": -1})),
         ("/v1/chat/completions", orjson.dumps({**CHAT, "max_tokens": 0})),
         ("/v1/chat/completions", orjson.dumps({**CHAT, "n": 2})),
         ("/v1/chat/completions", orjson.dumps({**CHAT, "stream_options": {"include_usage": True}})),
         ("/v1/chat/completions", orjson.dumps({**CHAT, "max_tokens": 100_000})),
+        ("/v1/chat/completions", orjson.dumps({"messages": []})),
         ("/v1/completions", orjson.dumps({"max_tokens": 3})),
         ("/v1/completions", orjson.dumps({"prompt": "x", "temperature": -1})),
         ("/v1/embeddings", orjson.dumps({"model": "sim-model"})),
     ],
     ids=[
-        "invalid-json", "not-an-object", "missing-messages", "negative-max-tokens", "zero-max-tokens", "n-2",
-        "stream-options-without-stream", "over-context-length", "missing-prompt", "negative-temperature",
-        "missing-input",
+        "negative-max-tokens", "zero-max-tokens", "n-2", "stream-options-without-stream", "over-context-length",
+        "empty-conversation", "missing-prompt", "negative-temperature", "missing-input",
     ],
 )  # fmt: skip
 def test_invalid_requests_are_400_bad_request_error(sim, path, payload):
@@ -179,13 +181,81 @@ def test_invalid_requests_are_400_bad_request_error(sim, path, payload):
     assert error_of(r)["type"] == "BadRequestError"
 
 
-def test_nonzero_priority_without_priority_scheduling_is_400(sim):
-    r = httpx.post(sim.url + "/v1/chat/completions", json={**CHAT, "priority": 1})
+@pytest.mark.parametrize(
+    ("payload", "param", "detail"),
+    [
+        (b"notjson", "body.0", "{'type': 'json_invalid', 'loc': 'body.0', 'msg': 'JSON decode error', "
+         "'input': '<dict of 0 items>', 'ctx': {'error': 'Expecting value'}}"),
+        (b"[1, 2]", "body", "{'type': 'model_attributes_type', 'loc': 'body', 'msg': 'Input should be a valid "
+         "dictionary or object to extract fields from', 'input': '<list of 2 items>'}"),
+        (b'{"model": "sim-model"}', "body.messages",
+         "{'type': 'missing', 'loc': 'body.messages', 'msg': 'Field required', 'input': '<dict of 1 items>'}"),
+        (b'{"messages": "x"}', "body.messages",
+         "{'type': 'list_type', 'loc': 'body.messages', 'msg': 'Input should be a valid list', 'input': 'x'}"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": "abc"}', "body.max_tokens",
+         "{'type': 'int_parsing', 'loc': 'body.max_tokens', 'msg': 'Input should be a valid integer, unable to "
+         "parse string as an integer', 'input': 'abc'}"),
+    ],
+    ids=["invalid-json", "not-an-object", "missing-messages", "messages-not-a-list", "max-tokens-not-an-int"],
+)  # fmt: skip
+def test_schema_errors_are_400_bad_request_like_fastapi_in_vllm(sim, payload, param, detail):
+    # Copied from what vLLM 0.32 answered for the same bodies.
+    r = httpx.post(sim.url + "/v1/chat/completions", content=payload, headers={"content-type": "application/json"})
     assert r.status_code == 400
-    assert error_of(r)["message"] == "Got priority 1 but Priority scheduling is not enabled."
-    assert (
-        httpx.post(sim.url + "/v1/chat/completions", json={**CHAT, "priority": 0, "max_tokens": 1}).status_code == 200
+    assert r.json() == {
+        "error": {"message": "1 validation error:\n  " + detail, "type": "Bad Request", "param": param, "code": 400}
+    }
+
+
+def test_vllm_parameter_errors_carry_the_parameter_suffix(sim):
+    url = sim.url + "/v1/chat/completions"
+    err = error_of(httpx.post(url, json={**CHAT, "max_tokens": -1}))
+    assert err["message"] == "max_tokens must be at least 1, got -1. (parameter=max_tokens, value=-1)"
+    err = error_of(httpx.post(url, json={**CHAT, "max_tokens": 3000}))
+    assert err["param"] == "max_tokens"
+    assert err["message"] == (
+        "max_tokens=3000 cannot be greater than max_model_len=2048. Please request fewer output tokens. "
+        "(parameter=max_tokens, value=3000)"
     )
+    err = error_of(httpx.post(url, json={**CHAT, "max_completion_tokens": 3000}))
+    assert err["param"] == "max_completion_tokens"
+    err = error_of(httpx.post(url, json={**CHAT, "stream_options": {"include_usage": True}}))
+    assert err["message"] == "Stream options can only be defined when `stream=True`. (parameter=stream_options)"
+    err = error_of(httpx.post(sim.url + "/v1/completions", json={"max_tokens": 3}))
+    assert err["param"] == "prompt"
+    assert err["message"] == "Either prompt or prompt_embeds must be provided and non-empty. (parameter=prompt)"
+
+
+def test_prompt_over_the_context_is_400_input_tokens(sim):
+    # Text is tokenized with truncation at max_model_len + 1 ("at least"); token ids are counted exactly.
+    r = httpx.post(sim.url + "/v1/completions", json={"prompt": "hello " * 3000, "max_tokens": 4})
+    err = error_of(r)
+    assert err["type"] == "BadRequestError" and err["param"] == "input_tokens"
+    assert err["message"] == (
+        "This model's maximum context length is 2048 tokens. However, your prompt contains at least 2049 input "
+        "tokens, which exceeds this limit even without any output tokens. Please reduce the length of the input "
+        "prompt. (parameter=input_tokens, value=2049)"
+    )
+    err = error_of(httpx.post(sim.url + "/v1/completions", json={"prompt": [1] * 2100, "max_tokens": 1}))
+    assert "your prompt contains 2100 input tokens" in err["message"] and err["message"].endswith("value=2100)")
+    # A prompt that fills the context leaves no room: max_tokens is capped to 0.
+    err = error_of(httpx.post(sim.url + "/v1/completions", json={"prompt": [1] * 2048, "max_tokens": 1}))
+    assert err["message"] == "max_tokens must be at least 1, got 0. (parameter=max_tokens, value=0)"
+
+
+def test_prompt_plus_max_tokens_over_the_context_is_capped_not_rejected(sim):
+    r = httpx.post(sim.url + "/v1/completions", json={"prompt": [1] * 2040, "max_tokens": 100})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["usage"]["completion_tokens"] == 8 and body["choices"][0]["finish_reason"] == "length"
+
+
+def test_nonzero_priority_without_priority_scheduling_is_accepted_and_ignored(sim):
+    # vLLM 0.32 accepts it on an fcfs server (older versions answered 400).
+    r = httpx.post(sim.url + "/v1/chat/completions", json={**CHAT, "priority": 5, "max_tokens": 1})
+    assert r.status_code == 200, r.text
+    r = httpx.post(sim.url + "/v1/chat/completions", json={**CHAT, "priority": "x", "max_tokens": 1})
+    assert r.status_code == 400 and error_of(r)["type"] == "Bad Request"
 
 
 def test_api_key_gives_401_with_a_plain_string_error(sim_factory):
@@ -216,7 +286,7 @@ def test_openai_sync_client_chat_completions_and_models(sim):
     assert len(emb.data[0].embedding) == 32
     with pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.create(model="nope", messages=CHAT["messages"])
-    assert info.value.body["message"] == "The model `nope` does not exist."
+    assert info.value.body["message"] == "The model `nope` does not exist. Valid aliases: sim-model."
 
 
 async def test_openai_async_client_streams_with_include_usage(sim):

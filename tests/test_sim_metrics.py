@@ -47,10 +47,10 @@ def test_metrics_have_vllm_names_types_and_engine_model_labels(sim_factory):
     assert "vllm:gpu_cache_usage_perc" not in found and "vllm:time_per_output_token_seconds" not in found
 
 
-def test_request_success_uses_finished_reason_label_with_all_four_reasons(sim):
+def test_request_success_uses_finished_reason_label_with_all_five_reasons(sim):
     found = families(sim.url)
     reasons = {s.labels["finished_reason"] for s in found["vllm:request_success"].samples if s.name.endswith("_total")}
-    assert reasons == {"stop", "length", "abort", "error"}
+    assert reasons == {"stop", "length", "abort", "error", "repetition"}
     by_reason = {s.labels["reason"] for s in found["vllm:num_requests_waiting_by_reason"].samples}
     assert by_reason == {"capacity", "deferred"}
 

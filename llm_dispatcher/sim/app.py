@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import random
 import signal
@@ -89,6 +90,54 @@ def bad_request(message: str, param: str | None = None) -> ApiError:
     return ApiError(400, message, param=param)
 
 
+def param_error(message: str, param: str, value: Any = ..., *, status: int = 400) -> ApiError:
+    """vLLM's own request checks: ``"<message> (parameter=<param>, value=<value>)"``, type BadRequestError."""
+    suffix = f"(parameter={param})" if value is ... else f"(parameter={param}, value={value})"
+    return ApiError(status, f"{message} {suffix}", param=param)
+
+
+def _pydantic_input(value: Any) -> Any:
+    """How FastAPI's validation errors print an input: containers abbreviated, scalars as they are."""
+    if isinstance(value, dict):
+        return f"<dict of {len(value)} items>"
+    if isinstance(value, list):
+        return f"<list of {len(value)} items>"
+    return value
+
+
+def validation_error(kind: str, loc: str, msg: str, value: Any, ctx: dict[str, Any] | None = None) -> ApiError:
+    """A request-schema (pydantic) error as vLLM 0.32 renders it: type "Bad Request", param the location.
+
+    e.g. ``1 validation error:\n  {'type': 'list_type', 'loc': 'body.messages', 'msg': ..., 'input': 'x'}``
+    """
+    detail: dict[str, Any] = {"type": kind, "loc": loc, "msg": msg, "input": _pydantic_input(value)}
+    if ctx is not None:
+        detail["ctx"] = ctx
+    return ApiError(400, f"1 validation error:\n  {detail!r}", param=loc, err_type="Bad Request")
+
+
+def _lax_int(body: dict[str, Any], key: str) -> int | None:
+    """Pydantic's lax int: ints, integral floats and numeric strings pass; anything else is a schema error."""
+    value = body.get(key)
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    loc = f"body.{key}"
+    if isinstance(value, float):
+        if value.is_integer():
+            return int(value)
+        raise validation_error(
+            "int_from_float", loc, "Input should be a valid integer, got a number with a fractional part", value
+        )
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise validation_error(
+                "int_parsing", loc, "Input should be a valid integer, unable to parse string as an integer", value
+            ) from None
+    raise validation_error("int_type", loc, "Input should be a valid integer", value)
+
+
 @dataclass(slots=True)
 class Job:
     """One validated generation request."""
@@ -107,20 +156,16 @@ class Job:
 
 
 def _opt_int(body: dict[str, Any], key: str, minimum: int | None = None) -> int | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise bad_request(f"{key}: Input should be a valid integer", key)
-    if minimum is not None and value < minimum:
-        raise bad_request(f"{key} must be at least {minimum}, got {value}.", key)
+    value = _lax_int(body, key)
+    if value is not None and minimum is not None and value < minimum:
+        raise param_error(f"{key} must be at least {minimum}, got {value}.", key, value)
     return value
 
 
 def _opt_bool(body: dict[str, Any], key: str) -> bool | None:
     value = body.get(key)
     if value is not None and not isinstance(value, bool):
-        raise bad_request(f"{key}: Input should be a valid boolean", key)
+        raise validation_error("bool_type", f"body.{key}", "Input should be a valid boolean", value)
     return value
 
 
@@ -244,10 +289,21 @@ class SimApp:
         raw = await self._read_body(receive)
         try:
             body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise bad_request(f"JSON decode error: {exc}") from exc
+        except orjson.JSONDecodeError:
+            # FastAPI decodes with the json module: its message and position make vLLM's error.
+            try:
+                body = json.loads(raw)
+            except ValueError as exc:
+                pos = getattr(exc, "pos", 0)
+                msg = getattr(exc, "msg", str(exc))
+                raise validation_error("json_invalid", f"body.{pos}", "JSON decode error", {}, {"error": msg}) from None
         if not isinstance(body, dict):
-            raise bad_request("Input should be a valid dictionary or object to extract fields from")
+            raise validation_error(
+                "model_attributes_type",
+                "body",
+                "Input should be a valid dictionary or object to extract fields from",
+                body,
+            )
         return body
 
     def _check_model(self, body: dict[str, Any]) -> str:
@@ -255,9 +311,15 @@ class SimApp:
         if model is None:
             return self.config.served_model_names[0]
         if not isinstance(model, str):
-            raise bad_request("model: Input should be a valid string", "model")
-        if model not in self.config.served_model_names:
-            raise ApiError(404, f"The model `{model}` does not exist.", param="model", err_type="NotFoundError")
+            raise validation_error("string_type", "body.model", "Input should be a valid string", model)
+        names = self.config.served_model_names
+        if model not in names:
+            raise ApiError(
+                404,
+                f"The model `{model}` does not exist. Valid aliases: {', '.join(names)}.",
+                param="model",
+                err_type="NotFoundError",
+            )
         return model
 
     def _unavailable(self) -> ApiError | None:
@@ -393,21 +455,32 @@ class SimApp:
 
     def _parse_job(self, kind: str, body: dict[str, Any], request_id: str) -> Job:
         cfg = self.config
-        model = self._check_model(body)
+        max_len = cfg.max_model_len
         if kind == "chat":
             messages = body.get("messages")
-            if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-                raise bad_request("messages: Field required (a non-empty list of messages)", "messages")
+            if messages is None:
+                raise validation_error("missing", "body.messages", "Field required", body)
+            if not isinstance(messages, list):
+                raise validation_error("list_type", "body.messages", "Input should be a valid list", messages)
+            for i, m in enumerate(messages):
+                if not isinstance(m, dict):
+                    raise validation_error(
+                        "model_type", f"body.messages.{i}", "Input should be a valid dictionary or object", m
+                    )
+        model = self._check_model(body)
+        if kind == "chat":
+            if not messages:
+                raise bad_request("Cannot apply chat template to an empty conversation. Provide at least one message.")
             try:
                 prompt_text, prompt_tokens = chat_prompt(messages)
             except ValueError as exc:
                 raise bad_request(str(exc), "messages") from exc
-            max_tokens = _opt_int(body, "max_completion_tokens", 1)
-            if max_tokens is None:
-                max_tokens = _opt_int(body, "max_tokens", 1)
+            exact_count = False  # text is tokenized with truncation at max_model_len + 1
+            key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
         else:
-            prompt_text, prompt_tokens = self._completion_prompt(body.get("prompt"))
-            max_tokens = _opt_int(body, "max_tokens", 1)
+            prompt_text, prompt_tokens, exact_count = self._completion_prompt(body.get("prompt"))
+            key = "max_tokens"
+        max_tokens = _opt_int(body, key, 1)
         n = _opt_int(body, "n")
         if n is not None and n != 1:
             raise bad_request(f"n must be 1 on this server, got {n}.", "n")
@@ -419,32 +492,42 @@ class SimApp:
         options = body.get("stream_options")
         include_usage = False
         if options is not None:
-            if not stream:
-                raise bad_request("Stream options can only be defined when `stream=True`.", "stream_options")
             if not isinstance(options, dict):
-                raise bad_request("stream_options: Input should be a valid dictionary", "stream_options")
-            include_usage = bool(options.get("include_usage"))
-        priority = _opt_int(body, "priority") or 0
-        if priority != 0 and cfg.scheduling_policy != "priority":
-            raise bad_request(f"Got priority {priority} but Priority scheduling is not enabled.", "priority")
-        if prompt_tokens >= cfg.max_model_len:
-            raise bad_request(
-                f"This model's maximum context length is {cfg.max_model_len} tokens. However, your request has "
-                f"{prompt_tokens} input tokens. Please reduce the length of the input messages.",
-                "messages" if kind == "chat" else "prompt",
-            )
-        room = cfg.max_model_len - prompt_tokens
-        if max_tokens is not None:
-            if max_tokens > room:
-                raise bad_request(
-                    f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. This model's maximum "
-                    f"context length is {cfg.max_model_len} tokens and your request has {prompt_tokens} input "
-                    f"tokens ({max_tokens} > {cfg.max_model_len} - {prompt_tokens}).",
-                    "max_tokens",
+                raise validation_error(
+                    "model_type", "body.stream_options", "Input should be a valid dictionary", options
                 )
-            output, natural_stop = max_tokens, False
+            if not stream:
+                raise param_error("Stream options can only be defined when `stream=True`.", "stream_options")
+            include_usage = bool(options.get("include_usage"))
+        # vLLM 0.32 accepts a priority on any server; only --scheduling-policy priority orders by it.
+        priority = _opt_int(body, "priority") or 0
+        if max_tokens is not None and max_tokens > max_len:
+            raise param_error(
+                f"{key}={max_tokens} cannot be greater than max_model_len={max_len}. "
+                "Please request fewer output tokens.",
+                key,
+                max_tokens,
+            )
+        if prompt_tokens > max_len:
+            shown = prompt_tokens if exact_count else max_len + 1
+            raise param_error(
+                f"This model's maximum context length is {max_len} tokens. However, your prompt contains "
+                f"{'' if exact_count else 'at least '}{shown} input tokens, which exceeds this limit even without any "
+                "output tokens. Please reduce the length of the input prompt.",
+                "input_tokens",
+                shown,
+            )
+        room = max_len - prompt_tokens
+        if max_tokens is not None:
+            # prompt + max_tokens over the context is accepted: the output is capped by the context.
+            output = min(max_tokens, room)
+            if output < 1:
+                raise param_error(f"max_tokens must be at least 1, got {output}.", "max_tokens", output)
+            natural_stop = False
         else:
             cap = room if kind == "chat" else min(room, COMPLETIONS_DEFAULT_MAX_TOKENS)
+            if cap < 1:
+                raise param_error(f"max_tokens must be at least 1, got {cap}.", "max_tokens", cap)
             natural = (
                 cap + 1 if body.get("ignore_eos") else natural_length(cfg.seed, prompt_text, cfg.default_output_tokens)
             )
@@ -465,15 +548,16 @@ class SimApp:
         )
 
     @staticmethod
-    def _completion_prompt(prompt: Any) -> tuple[str, int]:
+    def _completion_prompt(prompt: Any) -> tuple[str, int, bool]:
+        """(text, tokens, exact): token-id prompts are counted exactly, text ones up to max_model_len + 1."""
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
             prompt = prompt[0]
-        if isinstance(prompt, str):
-            return prompt, max(1, count_text_tokens(prompt))
+        if isinstance(prompt, str) and prompt:
+            return prompt, max(1, count_text_tokens(prompt)), False
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            return " ".join(map(str, prompt)), len(prompt)
-        if prompt is None:
-            raise bad_request("prompt: Field required", "prompt")
+            return " ".join(map(str, prompt)), len(prompt), True
+        if prompt is None or prompt == "" or prompt == []:
+            raise param_error("Either prompt or prompt_embeds must be provided and non-empty.", "prompt")
         raise bad_request("prompt must be a string, a list of token ids, or a list of one of those.", "prompt")
 
     async def _generate(self, scope: Scope, receive: Receive, send: Send, kind: str) -> None:
