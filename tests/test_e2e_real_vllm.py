@@ -1,0 +1,220 @@
+"""End to end against a REAL vLLM: the official OpenAI client → sender → RabbitMQ → consumer → vLLM 0.32
+on CPU (``real_vllm`` fixture, SmolLM2-135M served as ``smollm2``), and back.
+
+The same paths as tests/test_e2e_openai.py, with the simulator replaced by the real engine; and the
+consumer's admission reading the real ``/metrics``. Generations stay short (max_tokens <= 8): the
+engine does about 12 tokens/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import openai
+import pytest
+import sqlalchemy as sa
+
+from llm_dispatcher.db import Store
+
+MAX_TOKENS = 6
+MESSAGES = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+
+
+@pytest.fixture
+def stack(stack_factory, real_vllm):
+    s = stack_factory(usage_flush_interval_s=0.1, queue_timeout_s=60.0)
+    s.model = real_vllm.model
+    s.upstream = real_vllm.url
+    s.consumer = s.add_consumer(real_vllm.model, real_vllm.url)
+    s.token = s.create_token("alice", priority=5, threshold=100)
+    s.wait_models({real_vllm.model}, s.token, timeout=30)
+    yield s
+    s.wait_idle(timeout=30)
+
+
+def client(stack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stack.base_url, api_key=stack.token, max_retries=0, timeout=60)
+
+
+def aclient(stack) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=stack.base_url, api_key=stack.token, max_retries=0, timeout=60)
+
+
+def usage_records(stack, n: int, timeout: float = 10.0) -> list[dict]:
+    async def read() -> list[dict]:
+        async with Store(stack.database_url) as store, store.engine.connect() as conn:
+            rows = (await conn.execute(sa.text("select * from usage order by id"))).mappings().all()
+            return [dict(r) for r in rows]
+
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = stack.bg.call(read())
+        if len(rows) >= n or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
+
+
+def assert_usage(usage, max_tokens: int = MAX_TOKENS) -> None:
+    assert usage is not None
+    assert usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= max_tokens
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_chat_with_the_sync_client(stack):
+    r = client(stack).chat.completions.create(model=stack.model, messages=MESSAGES, max_tokens=8, temperature=0)
+    assert r.object == "chat.completion" and r.id.startswith("chatcmpl-") and r.model == stack.model
+    assert r.choices[0].message.role == "assistant" and r.choices[0].message.content
+    assert "Paris" in r.choices[0].message.content  # a real model answers ("The capital of France is Paris.")
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert_usage(r.usage, 8)
+    (record,) = usage_records(stack, 1)
+    assert record["status"] == 200 and record["token_name"] == "alice"
+    assert record["completion_tokens"] == r.usage.completion_tokens and record["prompt_tokens"] == r.usage.prompt_tokens
+
+
+async def test_chat_with_the_async_client_two_at_once(stack):
+    async with aclient(stack) as c:
+        rs = await asyncio.gather(
+            *(
+                c.chat.completions.create(model=stack.model, messages=MESSAGES, max_tokens=4, temperature=0)
+                for _ in range(2)
+            )
+        )
+    for r in rs:
+        assert r.choices[0].message.content
+        assert_usage(r.usage, 4)
+    assert rs[0].id != rs[1].id
+
+
+async def test_chat_streaming_with_usage_async(stack):
+    async with aclient(stack) as c:
+        stream = await c.chat.completions.create(
+            model=stack.model,
+            messages=MESSAGES,
+            max_tokens=MAX_TOKENS,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+    *content, last = chunks
+    assert content[0].choices[0].delta.role == "assistant"
+    assert all(c.object == "chat.completion.chunk" and c.usage is None for c in content)
+    assert content[-1].choices[0].finish_reason in ("stop", "length")
+    assert "".join(c.choices[0].delta.content or "" for c in content)
+    assert last.choices == []
+    assert_usage(last.usage)
+    (record,) = usage_records(stack, 1)
+    assert record["completion_tokens"] == last.usage.completion_tokens
+    assert record["prompt_tokens"] == last.usage.prompt_tokens
+
+
+def test_chat_streaming_without_usage_sync_still_counts_usage(stack):
+    chunks = list(
+        client(stack).chat.completions.create(
+            model=stack.model, messages=MESSAGES, max_tokens=4, temperature=0, stream=True
+        )
+    )
+    assert chunks and all(len(c.choices) == 1 for c in chunks)  # no usage chunk: the client did not ask
+    assert all(c.usage is None for c in chunks)
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text
+    (record,) = usage_records(stack, 1)
+    assert record["status"] == 200 and record["prompt_tokens"] > 0
+    assert 0 < record["completion_tokens"] <= 4
+
+
+def test_completions_sync_and_streaming(stack):
+    c = client(stack)
+    r = c.completions.create(model=stack.model, prompt="The capital of France is", max_tokens=4, temperature=0)
+    assert r.object == "text_completion" and r.id.startswith("cmpl-") and r.choices[0].text
+    assert_usage(r.usage, 4)
+    chunks = list(
+        c.completions.create(
+            model=stack.model,
+            prompt="The capital of France is",
+            max_tokens=4,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 4
+    assert "".join(ch.choices[0].text for ch in chunks[:-1])
+    records = usage_records(stack, 2)
+    assert [x["completion_tokens"] for x in records] == [4, 4]
+
+
+def test_models_through_the_dispatcher(stack):
+    c = client(stack)
+    models = c.models.list()
+    assert [m.id for m in models.data] == [stack.model]
+    m = c.models.retrieve(stack.model)
+    assert m.id == stack.model and m.object == "model"
+    assert m.model_extra.get("max_model_len") == 2048  # read from the real vLLM by the consumer
+    with pytest.raises(openai.NotFoundError):
+        c.models.retrieve("nope")
+
+
+def test_vllm_errors_pass_through_unchanged(stack):
+    headers = {"authorization": f"Bearer {stack.token}"}
+    for body in (
+        {"model": stack.model, "messages": MESSAGES, "max_tokens": 3000},  # over max_model_len
+        {"model": stack.model, "messages": MESSAGES, "max_tokens": -1},
+        {"model": stack.model, "messages": "x"},  # a schema error ("Bad Request")
+    ):
+        via = httpx.post(stack.base_url + "/chat/completions", json=body, headers=headers, timeout=60)
+        direct = httpx.post(stack.upstream + "/v1/chat/completions", json=body, timeout=60)
+        assert via.status_code == direct.status_code == 400
+        assert via.json() == direct.json()
+    err = via.json()["error"]
+    assert err["type"] == "Bad Request" and err["param"] == "body.messages"
+    with pytest.raises(openai.BadRequestError) as info:
+        client(stack).chat.completions.create(model=stack.model, messages=MESSAGES, max_tokens=3000)
+    assert info.value.body == {
+        "message": "max_tokens=3000 cannot be greater than max_model_len=2048. Please request fewer output tokens. "
+        "(parameter=max_tokens, value=3000)",
+        "type": "BadRequestError",
+        "param": "max_tokens",
+        "code": 400,
+    }
+
+
+def test_vllm_404_passes_through_for_an_alias_the_replica_does_not_serve(stack):
+    stack.add_consumer("alias", stack.upstream)  # misconfigured replica: vLLM itself answers 404
+    stack.wait_models({"alias"}, stack.token, timeout=30)
+    with pytest.raises(openai.NotFoundError) as info:
+        client(stack).completions.create(model="alias", prompt="x", max_tokens=1)
+    assert info.value.body == {
+        "message": "The model `alias` does not exist. Valid aliases: smollm2.",
+        "type": "NotFoundError",
+        "param": "model",
+        "code": 404,
+    }
+
+
+async def test_the_consumer_admission_reads_the_real_metrics(stack):
+    consumer = stack.consumer
+    async with aclient(stack) as c:
+        await asyncio.gather(
+            *(c.chat.completions.create(model=stack.model, messages=MESSAGES, max_tokens=MAX_TOKENS) for _ in range(2))
+        )
+    watcher = consumer.watcher
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and watcher.tokens_per_second is None:
+        await asyncio.sleep(0.1)
+    latest = watcher.latest
+    assert latest is not None
+    assert latest.generation_tokens is not None and latest.generation_tokens > 0
+    assert latest.running is not None and latest.waiting is not None
+    assert latest.kv_cache_usage is not None and 0.0 <= latest.kv_cache_usage <= 1.0
+    assert watcher.tokens_per_second is not None and watcher.tokens_per_second >= 0
+    assert watcher.healthy and watcher.metrics_fresh
+    labels = {"model": stack.model, "replica": consumer.settings.replica_id}
+    registry = consumer.metrics.registry
+    assert registry.get_sample_value("llmd_consumer_vllm_metrics_fresh", labels) == 1
+    assert registry.get_sample_value("llmd_consumer_vllm_healthy", labels) == 1
+    assert registry.get_sample_value("llmd_consumer_vllm_generation_tokens_per_second", labels) is not None
