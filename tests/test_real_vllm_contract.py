@@ -46,7 +46,9 @@ def _upstream_params() -> list[Any]:
 
 # Where the simulator (llm_dispatcher/sim) still disagrees with the real vLLM 0.32 (the real one is
 # right). Strict xfail for the sim only: once the simulator is fixed the XPASS fails, and the entry goes.
-SIM_KNOWN_DIFFS: dict[str, str] = {}
+SIM_KNOWN_DIFFS: dict[str, str] = {
+    "test_n_2_gives_two_choices": "real: n=2 answers two choices (usage counts both); sim: 400, it serves n=1 only",
+}
 
 
 @pytest.fixture(params=_upstream_params())
@@ -293,6 +295,17 @@ async def test_priority_field_accepted_without_priority_policy(http: httpx.Async
         json={"model": upstream.model, "messages": _messages(), "max_tokens": 2, "priority": 5},
     )
     assert r.status_code == 200, r.text
+
+
+async def test_n_2_gives_two_choices(http: httpx.AsyncClient, upstream: Upstream) -> None:
+    r = await http.post(
+        "/v1/chat/completions",
+        json={"model": upstream.model, "messages": _messages(), "max_tokens": 1, "n": 2},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [c["index"] for c in body["choices"]] == [0, 1]
+    assert body["usage"]["completion_tokens"] == 2
 
 
 async def test_version(http: httpx.AsyncClient) -> None:

@@ -40,7 +40,7 @@ def test_chat_completion_has_vllm_field_set_and_max_tokens_sets_length(sim):
     body = r.json()
     assert set(body) == {
         "id", "object", "created", "model", "choices", "usage", "service_tier", "system_fingerprint",
-        "prompt_logprobs", "prompt_token_ids", "kv_transfer_params",
+        "prompt_logprobs", "prompt_token_ids", "prompt_text", "kv_transfer_params", "ec_transfer_params", "metrics",
     }  # fmt: skip
     assert body["id"].startswith("chatcmpl-") and body["object"] == "chat.completion"
     assert body["model"] == "sim-model" and isinstance(body["created"], int)

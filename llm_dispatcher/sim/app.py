@@ -17,6 +17,7 @@ import struct
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -192,6 +193,9 @@ class SimApp:
         self.dead = False
         self.on_exit: Callable[[], None] | None = None  # set by the server runner (CLI or fixture)
         self._models_body = self._build_models()
+        # vLLM 0.32: "vllm-<version>-<8 hex digits of a hash of the engine config>".
+        self.fingerprint = f"vllm-{config.version}-{zlib.crc32(repr(config.as_dict()).encode()):08x}"
+        self._fingerprint_json = orjson.dumps(self.fingerprint)
         self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
             ("GET", "/health"): self._health,
             ("GET", "/version"): self._version,
@@ -337,8 +341,13 @@ class SimApp:
 
     def _request_id(self, scope: Scope) -> tuple[str, list[tuple[bytes, bytes]]]:
         header = _headers_get(scope, b"x-request-id")
-        rid = header.decode("latin-1") if header else uuid.uuid4().hex
-        extra = [(b"x-request-id", rid.encode("latin-1"))] if self.config.enable_request_id_headers else []
+        if header:
+            rid = header.decode("latin-1")
+            echoed = header
+        else:  # vLLM: the response id gets 16 hex digits, the echoed header (middleware) a full uuid4 hex
+            echoed = uuid.uuid4().hex.encode()
+            rid = echoed[:16].decode()
+        extra = [(b"x-request-id", echoed)] if self.config.enable_request_id_headers else []
         return rid, extra
 
     # -- plain routes ------------------------------------------------------------------------
@@ -377,7 +386,7 @@ class SimApp:
                 "max_model_len": cfg.max_model_len,
                 "permission": [
                     {
-                        "id": f"modelperm-{uuid.UUID(int=random.Random(cfg.seed + i).getrandbits(128)).hex}",
+                        "id": f"modelperm-{random.Random(cfg.seed + i).getrandbits(64):016x}",
                         "object": "model_permission",
                         "created": self._created,
                         "allow_create_engine": False,
@@ -601,20 +610,46 @@ class SimApp:
         )
 
     def _chunk(self, job: Job, prefix: bytes, text: str, finish: str | None, first: bool) -> bytes:
+        """One streamed event, field for field as vLLM 0.32 writes it."""
+        end = (
+            b'"finish_reason":null'
+            if finish is None
+            else b'"finish_reason":"' + finish.encode() + b'","stop_reason":null'
+        )
         if job.kind == "chat":
-            role = b'"role":"assistant",' if first else b""
-            choice = b'{"index":0,"delta":{' + role + b'"content":' + orjson.dumps(text) + b'},"logprobs":null,'
-        else:
-            choice = b'{"index":0,"text":' + orjson.dumps(text) + b',"logprobs":null,'
-        if finish is None:
-            tail = (
-                b'"finish_reason":null}]}\n\n'
-                if job.kind == "chat"
-                else b'"finish_reason":null,"stop_reason":null}]}\n\n'
+            if first:  # the role event: no token_ids, and the prompt fields after the choices
+                return (
+                    prefix
+                    + b'{"index":0,"delta":{"role":"assistant","content":'
+                    + orjson.dumps(text)
+                    + b'},"logprobs":null,"finish_reason":null}],"prompt_token_ids":null,"prompt_text":null}\n\n'
+                )
+            return (
+                prefix
+                + b'{"index":0,"delta":{"content":'
+                + orjson.dumps(text)
+                + b'},"logprobs":null,'
+                + end
+                + b',"token_ids":null}]'
+                + self._stream_tail(job, finish)
             )
-        else:
-            tail = b'"finish_reason":"' + finish.encode() + b'","stop_reason":null}]}\n\n'
-        return prefix + choice + tail
+        if finish is None:
+            end += b',"stop_reason":null'
+        return (
+            prefix
+            + b'{"index":0,"text":'
+            + orjson.dumps(text)
+            + b',"logprobs":null,'
+            + end
+            + b',"prompt_token_ids":null,"token_ids":null}]'
+            + self._stream_tail(job, finish)
+        )
+
+    def _stream_tail(self, job: Job, finish: str | None) -> bytes:
+        """The finish event carries the fingerprint, unless a usage event follows (then that one does)."""
+        if finish is not None and not job.include_usage:
+            return b',"system_fingerprint":' + self._fingerprint_json + b"}\n\n"
+        return b"}\n\n"
 
     @staticmethod
     def _usage(job: Job, completion_tokens: int) -> dict[str, Any]:
@@ -623,10 +658,16 @@ class SimApp:
             "total_tokens": job.prompt_tokens + completion_tokens,
             "completion_tokens": completion_tokens,
             "prompt_tokens_details": None,
+            "completion_tokens_details": None,
         }
 
     def _usage_chunk(self, job: Job, prefix: bytes, completion_tokens: int) -> bytes:
-        return prefix + b'],"usage":' + orjson.dumps(self._usage(job, completion_tokens)) + b"}\n\n"
+        usage = b'{"prompt_tokens":%d,"total_tokens":%d,"completion_tokens":%d}' % (
+            job.prompt_tokens,
+            job.prompt_tokens + completion_tokens,
+            completion_tokens,
+        )
+        return prefix + b'],"usage":' + usage + b',"system_fingerprint":' + self._fingerprint_json + b"}\n\n"
 
     def _full_response(self, job: Job, text: str, finish: str, completion_tokens: int) -> bytes:
         if job.kind == "chat":
@@ -639,13 +680,13 @@ class SimApp:
                     "annotations": None,
                     "audio": None,
                     "function_call": None,
-                    "tool_calls": [],
-                    "reasoning_content": None,
+                    "reasoning": None,
                 },
                 "logprobs": None,
                 "finish_reason": finish,
                 "stop_reason": None,
                 "token_ids": None,
+                "routed_experts": None,
             }
             body: dict[str, Any] = {
                 "id": job.request_id,
@@ -654,11 +695,14 @@ class SimApp:
                 "model": job.model,
                 "choices": [choice],
                 "service_tier": None,
-                "system_fingerprint": None,
+                "system_fingerprint": self.fingerprint,
                 "usage": self._usage(job, completion_tokens),
                 "prompt_logprobs": None,
                 "prompt_token_ids": None,
+                "prompt_text": None,
                 "kv_transfer_params": None,
+                "ec_transfer_params": None,
+                "metrics": None,
             }
         else:
             body = {
@@ -676,12 +720,15 @@ class SimApp:
                         "token_ids": None,
                         "prompt_logprobs": None,
                         "prompt_token_ids": None,
+                        "routed_experts": None,
                     }
                 ],
                 "service_tier": None,
-                "system_fingerprint": None,
+                "system_fingerprint": self.fingerprint,
                 "usage": self._usage(job, completion_tokens),
                 "kv_transfer_params": None,
+                "ec_transfer_params": None,
+                "metrics": None,
             }
         return orjson.dumps(body)
 
