@@ -11,8 +11,6 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from llm_dispatcher.db import Store
-
 
 @pytest.fixture
 def stack(stack_factory):
@@ -75,7 +73,7 @@ def test_streaming_without_usage_requested_hides_the_usage_event_but_records_exa
     )
     assert chunks and all(c.choices for c in chunks)  # exactly what vLLM sends without include_usage
     assert all(c.usage is None for c in chunks)
-    records = wait_usage(stack, 1)
+    records = stack.usage_rows(1)
     assert records[0]["completion_tokens"] == 7 and records[0]["prompt_tokens"] > 0
     assert records[0]["status"] == 200 and records[0]["token_name"] == "alice"
 
@@ -136,19 +134,3 @@ def test_sender_metrics_count_requests_tokens_and_latencies(stack):
 def test_liveness_and_readiness(stack):
     assert httpx.get(stack.url + "/livez").status_code == 200
     assert httpx.get(stack.url + "/readyz").status_code == 200
-
-
-def wait_usage(stack, n: int, timeout: float = 5.0) -> list[dict]:
-    async def read() -> list[dict]:
-        async with Store(stack.database_url) as store, store.engine.connect() as conn:
-            import sqlalchemy as sa
-
-            rows = (await conn.execute(sa.text("select * from usage order by id"))).mappings().all()
-            return [dict(r) for r in rows]
-
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = stack.bg.call(read())
-        if len(rows) >= n or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.05)

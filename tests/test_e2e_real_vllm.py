@@ -14,9 +14,6 @@ import time
 import httpx
 import openai
 import pytest
-import sqlalchemy as sa
-
-from llm_dispatcher.db import Store
 
 MAX_TOKENS = 6
 MESSAGES = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
@@ -42,20 +39,6 @@ def aclient(stack) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=stack.base_url, api_key=stack.token, max_retries=0, timeout=60)
 
 
-def usage_records(stack, n: int, timeout: float = 10.0) -> list[dict]:
-    async def read() -> list[dict]:
-        async with Store(stack.database_url) as store, store.engine.connect() as conn:
-            rows = (await conn.execute(sa.text("select * from usage order by id"))).mappings().all()
-            return [dict(r) for r in rows]
-
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = stack.bg.call(read())
-        if len(rows) >= n or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.05)
-
-
 def assert_usage(usage, max_tokens: int = MAX_TOKENS) -> None:
     assert usage is not None
     assert usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= max_tokens
@@ -69,7 +52,7 @@ def test_chat_with_the_sync_client(stack):
     assert "Paris" in r.choices[0].message.content  # a real model answers ("The capital of France is Paris.")
     assert r.choices[0].finish_reason in ("stop", "length")
     assert_usage(r.usage, 8)
-    (record,) = usage_records(stack, 1)
+    (record,) = stack.usage_rows(1)
     assert record["status"] == 200 and record["token_name"] == "alice"
     assert record["completion_tokens"] == r.usage.completion_tokens and record["prompt_tokens"] == r.usage.prompt_tokens
 
@@ -106,7 +89,7 @@ async def test_chat_streaming_with_usage_async(stack):
     assert "".join(c.choices[0].delta.content or "" for c in content)
     assert last.choices == []
     assert_usage(last.usage)
-    (record,) = usage_records(stack, 1)
+    (record,) = stack.usage_rows(1)
     assert record["completion_tokens"] == last.usage.completion_tokens
     assert record["prompt_tokens"] == last.usage.prompt_tokens
 
@@ -122,7 +105,7 @@ def test_chat_streaming_without_usage_sync_still_counts_usage(stack):
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert text
-    (record,) = usage_records(stack, 1)
+    (record,) = stack.usage_rows(1)
     assert record["status"] == 200 and record["prompt_tokens"] > 0
     assert 0 < record["completion_tokens"] <= 4
 
@@ -144,7 +127,7 @@ def test_completions_sync_and_streaming(stack):
     )
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 4
     assert "".join(ch.choices[0].text for ch in chunks[:-1])
-    records = usage_records(stack, 2)
+    records = stack.usage_rows(2)
     assert [x["completion_tokens"] for x in records] == [4, 4]
 
 
