@@ -24,7 +24,7 @@ from consumer.policy import Decision, Limits, Reason, Snapshot, decide
 from consumer.settings import ConsumerSettings
 from consumer.watcher import VllmWatcher
 from llm_dispatcher import amqp, protocol
-from llm_dispatcher.protocol import Cancel, Grant, Heartbeat, Release, Ticket
+from llm_dispatcher.protocol import Cancel, Grant, Heartbeat, Release, Renew, Ticket
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +225,7 @@ class Consumer:
             replica=self.settings.replica_id,
             release_to=self._control_name,
             forward_priority=self.settings.forward_priority,
+            lease_ttl_s=self.settings.lease_ttl_s,
         )
         try:
             await amqp.publish(
@@ -257,6 +258,9 @@ class Consumer:
             if kind == "release":
                 release = Release.loads(message.body)
                 self._end_lease(release.lease_id, release.reason)
+            elif kind == "renew":
+                for lease_id in Renew.loads(message.body).lease_ids:
+                    self.leases.renew(lease_id)
             elif kind == "cancel":
                 for ticket_id in Cancel.loads(message.body).ticket_ids:
                     self._cancelled[ticket_id] = None

@@ -24,7 +24,9 @@ class ConsumerSettings(CommonSettings):
     scrape_interval_s: float = Field(0.5, gt=0, description="How often vLLM /metrics and /health are read")
     metrics_stale_after_s: float = Field(5.0, gt=0, description="Older metrics are ignored (in-flight cap only)")
     unhealthy_after_s: float = Field(2.0, gt=0, description="Stop pulling when /health failed this long")
-    lease_ttl_s: float = Field(900.0, gt=0, description="A lease not released by then is reclaimed")
+    lease_ttl_s: float = Field(
+        120.0, gt=0, description="A lease neither released nor renewed (senders renew every ttl/3) is reclaimed"
+    )
     heartbeat_interval_s: float = Field(1.0, gt=0, description="How often the replica announces itself")
     forward_priority: bool = Field(False, description="Send the ticket priority to vLLM (--scheduling-policy priority)")
     shutdown_grace_s: float = Field(30.0, ge=0, description="How long granted requests may finish at shutdown")

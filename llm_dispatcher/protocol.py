@@ -5,6 +5,7 @@ Everything that crosses the broker is JSON (orjson), never pickle.
     sender ──ticket──> queue "<prefix>.model.<model>"   (priority = token priority, expiration = timeout)
     consumer ──grant──> sender's reply queue            (correlation_id = ticket id)
     sender ──release──> consumer's control queue        (routing key = grant.release_to)
+    sender ──renew──> consumer's control queue          (leases still streaming, every ttl/3)
     sender ──cancel──> fanout "<prefix>.cancel"         (ticket abandoned while queued)
     consumer ──heartbeat──> fanout "<prefix>.heartbeat" (model, replica address, capacity, load)
 """
@@ -85,6 +86,7 @@ class Grant:
     replica: str
     release_to: str
     forward_priority: bool = False
+    lease_ttl_s: float = 0.0  # > 0: the holder renews the lease before this runs out
 
     def dumps(self) -> bytes:
         return _dump(self)
@@ -105,6 +107,20 @@ class Release:
 
     @classmethod
     def loads(cls, body: bytes) -> Release:
+        return cls(**orjson.loads(body))
+
+
+@dataclass(slots=True)
+class Renew:
+    """Leases still in use (long streams): the consumer pushes their expiry back."""
+
+    lease_ids: list[str]
+
+    def dumps(self) -> bytes:
+        return _dump(self)
+
+    @classmethod
+    def loads(cls, body: bytes) -> Renew:
         return cls(**orjson.loads(body))
 
 

@@ -18,7 +18,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from llm_dispatcher import amqp, protocol
 from llm_dispatcher.errors import BrokerUnavailableError, QueueTimeoutError
-from llm_dispatcher.protocol import Cancel, Grant, Heartbeat, Release, Ticket
+from llm_dispatcher.protocol import Cancel, Grant, Heartbeat, Release, Renew, Ticket
 from sender.metrics import SenderMetrics
 from sender.registry import Registry
 from sender.settings import SenderSettings
@@ -37,6 +37,10 @@ class Dispatcher:
         self._depth_calls: dict[str, asyncio.Future[int]] = {}
         self._depth_seen: dict[str, tuple[float, int]] = {}  # model -> (monotonic time, depth)
         self._reply_name = f"{self.prefix}.reply.{uuid.uuid4().hex}"
+        self._held: dict[str, Grant] = {}  # lease id -> grant, while the request is being proxied
+        self._renewed: dict[str, float] = {}  # lease id -> when it was granted or last renewed
+        self._renew_period = 1.0  # at most a sixth of the shortest lease TTL seen
+        self._renew_wakeup = asyncio.Event()
         self.connected = False
         self._tasks: list[asyncio.Task] = []
 
@@ -57,6 +61,7 @@ class Dispatcher:
         await hb_queue.consume(self._on_heartbeat, no_ack=True)
         self.connected = True
         self._tasks.append(asyncio.create_task(self._depth_loop(), name="queue-depth"))
+        self._tasks.append(asyncio.create_task(self._renew_loop(), name="lease-renewal"))
 
     async def stop(self) -> None:
         self.connected = False  # our own close, not a lost connection
@@ -221,12 +226,20 @@ class Dispatcher:
             return
         fut = self._waiting.get(grant.ticket_id)
         if fut is not None and not fut.done():
+            self._held[grant.lease_id] = grant
+            if grant.lease_ttl_s > 0:
+                self._renewed[grant.lease_id] = time.monotonic()
+                period = max(0.05, grant.lease_ttl_s / 6)
+                if period < self._renew_period:
+                    self._renew_period = period
+                    self._renew_wakeup.set()  # the loop may be asleep for the old, longer period
             fut.set_result(grant)
             return
         log.info("grant for abandoned ticket %s released", grant.ticket_id, extra={"ticket_id": grant.ticket_id})
         await self.release(grant, 499, "abandoned")
 
     async def release(self, grant: Grant, status: int, reason: str) -> None:
+        self._held.pop(grant.lease_id, None)
         if not self.connected:
             self._pending_releases.append((grant, status, reason))  # sent on reconnect
             return
@@ -236,6 +249,27 @@ class Dispatcher:
             )
         except Exception as exc:
             log.warning("release of lease %s not sent: %r", grant.lease_id, exc)
+
+    async def _renew_loop(self) -> None:
+        """Keep the leases of long requests alive: every held lease is renewed at a third of its TTL,
+        batched per consumer. A sender that dies stops renewing, and its leases expire."""
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._renew_wakeup.wait(), self._renew_period)
+            self._renew_wakeup.clear()
+            now = time.monotonic()
+            due: dict[str, list[str]] = {}
+            for grant in list(self._held.values()):
+                last = self._renewed.get(grant.lease_id)
+                if last is not None and now - last >= grant.lease_ttl_s / 3:
+                    due.setdefault(grant.release_to, []).append(grant.lease_id)
+                    self._renewed[grant.lease_id] = now
+            for lease_id in [k for k in self._renewed if k not in self._held]:
+                del self._renewed[lease_id]
+            for release_to, lease_ids in due.items():
+                if self.connected:
+                    with contextlib.suppress(Exception):
+                        await amqp.publish(self.channel, release_to, Renew(lease_ids).dumps(), message_type="renew")
 
     async def _on_heartbeat(self, message: AbstractIncomingMessage) -> None:
         try:

@@ -1,0 +1,50 @@
+"""Leases end to end: long requests keep theirs (renewed), a vanished sender's leases expire."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+MODEL = "sim-model"
+
+
+def expired(consumer) -> float:
+    return consumer.metrics.registry.get_sample_value(
+        "llmd_consumer_releases_total",
+        {"model": MODEL, "replica": consumer.settings.replica_id, "reason": "expired"},
+    ) or 0.0
+
+
+def test_a_stream_longer_than_the_lease_ttl_keeps_its_lease_by_renewal(stack_factory):
+    s = stack_factory()
+    sim = s.add_sim(model=MODEL, itl_base=0.02)
+    consumer = s.add_consumer(MODEL, sim, lease_ttl_s=0.6)
+    token = s.create_token("t", priority=5, threshold=10)
+    s.wait_models({MODEL}, token)
+    held = []
+    with httpx.stream("POST", s.base_url + "/chat/completions", headers={"authorization": f"Bearer {token}"},
+                      json={"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 100,
+                            "stream": True}, timeout=30) as r:
+        for _ in r.iter_bytes():
+            held.append(consumer.in_flight)
+    assert r.status_code == 200
+    # ~2 s of streaming, more than three lease lifetimes, never reclaimed (the last chunks race the release)
+    assert len(held) > 50 and min(held[:-5]) == 1, str(held)
+    assert expired(consumer) == 0
+    s.wait_idle()
+
+
+def test_leases_of_a_sender_that_vanished_expire(stack_factory):
+    s = stack_factory()
+    sim = s.add_sim(model=MODEL)
+    consumer = s.add_consumer(MODEL, sim, lease_ttl_s=0.5)
+    token = s.create_token("t", priority=5, threshold=10)
+    s.wait_models({MODEL}, token)
+    grant = s.bg.call(s.ctx.dispatcher.acquire(MODEL, 5))
+    s.ctx.dispatcher._held.pop(grant.lease_id)  # the sender forgets it, as if it had crashed
+    assert consumer.in_flight == 1
+    t0 = time.monotonic()
+    s.wait_idle(timeout=3)
+    assert time.monotonic() - t0 < 1.5
+    assert expired(consumer) == 1
