@@ -70,6 +70,10 @@ class ClientGone(Exception):
     """The client closed the connection before the response ended."""
 
 
+class UpstreamBroken(Exception):
+    """vLLM failed after the response had started: the relayed response was cut short."""
+
+
 # -- request id ------------------------------------------------------------------------------------
 class RequestIdMiddleware:
     """Accepts X-Request-Id (or makes one), exposes it as scope['request_id'], returns it.
@@ -223,6 +227,8 @@ class ProxyEndpoint:
                 await send_error(send, exc)
         except ClientGone:
             status, reason = 499, "client_disconnected"
+        except UpstreamBroken:
+            status, reason = 502, "upstream_broken"
         except asyncio.CancelledError:
             if watcher is None or not watcher.fired:
                 raise  # a real cancellation (shutdown), not the client leaving
@@ -320,7 +326,7 @@ class ProxyEndpoint:
             # Headers are gone already: all we can do is end the response early.
             log.warning("upstream failed mid-response: %r", exc, extra={"replica": grant.replica})
             upstream.close()
-            raise ClientGone() from exc  # the response is cut; nothing more to send
+            raise UpstreamBroken() from exc  # the response is cut; nothing more can be sent
         finally:
             upstream.release()
         if event_filter is not None:

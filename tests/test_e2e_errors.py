@@ -156,3 +156,19 @@ def test_unknown_routes_answer_in_the_openai_shape(stack):
     assert r.status_code == 404 and set(r.json()["error"]) == {"message", "type", "param", "code"}
     r = httpx.get(stack.base_url + "/chat/completions")  # only POST is proxied
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_a_vllm_that_drops_mid_stream_cuts_the_response_and_the_lease_is_released(stack_factory):
+    s = stack_factory(usage_flush_interval_s=0.1)
+    sim = s.add_sim(model="m", itl_base=0.005, drop_mid_stream_rate=1.0)
+    s.add_consumer("m", sim)
+    token = s.create_token("t", priority=5, threshold=10)
+    s.wait_models({"m"}, token)
+    c = openai.OpenAI(base_url=s.base_url, api_key=token, max_retries=0)
+    with pytest.raises(openai.APIError):
+        for _ in c.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}], max_tokens=40,
+                                           stream=True):
+            pass
+    s.wait_idle()
+    (record,) = s.usage_rows(1)
+    assert record["status"] == 502  # recorded as an upstream failure, not a client disconnect
