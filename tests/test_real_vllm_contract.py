@@ -46,9 +46,7 @@ def _upstream_params() -> list[Any]:
 
 # Where the simulator (llm_dispatcher/sim) still disagrees with the real vLLM 0.32 (the real one is
 # right). Strict xfail for the sim only: once the simulator is fixed the XPASS fails, and the entry goes.
-SIM_KNOWN_DIFFS: dict[str, str] = {
-    "test_n_2_gives_two_choices": "real: n=2 answers two choices (usage counts both); sim: 400, it serves n=1 only",
-}
+SIM_KNOWN_DIFFS: dict[str, str] = {}
 
 
 @pytest.fixture(params=_upstream_params())

@@ -104,6 +104,71 @@ def test_stream_with_include_usage_ends_with_usage_chunk_then_done(sim_factory, 
     assert "".join(c["choices"][0]["delta"]["content"] for c in token_chunks).split().__len__() == 4
 
 
+@pytest.mark.parametrize("zero_delay", [True, False], ids=["zero-delay", "engine"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"], ids=["chat", "completions"])
+def test_n_2_answers_two_choices_and_usage_sums_them(sim_factory, zero_delay, path):
+    sim = sim_factory(itl_base=0.0 if zero_delay else 0.002)
+    prompt = CHAT if path == "/v1/chat/completions" else {"prompt": "What is the capital of France?"}
+    body = httpx.post(sim.url + path, json={**prompt, "max_tokens": 5, "n": 2}).json()
+    assert [c["index"] for c in body["choices"]] == [0, 1]
+    texts = [c["message"]["content"] if "message" in c else c["text"] for c in body["choices"]]
+    assert all(len(t.split()) == 5 for t in texts) and texts[0] != texts[1]  # each choice its own text
+    assert all(c["finish_reason"] == "length" for c in body["choices"])
+    single = httpx.post(sim.url + path, json={**prompt, "max_tokens": 5}).json()
+    usage = body["usage"]
+    assert usage["prompt_tokens"] == single["usage"]["prompt_tokens"]  # the prompt counts once
+    assert usage["completion_tokens"] == 10 and usage["total_tokens"] == usage["prompt_tokens"] + 10
+    first = single["choices"][0]
+    assert texts[0] == (first["message"]["content"] if "message" in first else first["text"])  # choice 0 as n=1
+    again = httpx.post(sim.url + path, json={**prompt, "max_tokens": 5, "n": 2}).json()
+    assert again["choices"] == body["choices"]  # deterministic
+
+
+def test_n_without_max_tokens_gives_each_choice_its_own_seeded_length(sim_factory):
+    sim = sim_factory(default_output_tokens=40, seed=3)
+    body = httpx.post(sim.url + "/v1/chat/completions", json={**CHAT, "n": 4}).json()
+    lengths = [len(c["message"]["content"].split()) for c in body["choices"]]
+    assert all(20 <= k <= 40 for k in lengths) and len(set(lengths)) > 1
+    assert all(c["finish_reason"] == "stop" for c in body["choices"])
+    assert body["usage"]["completion_tokens"] == sum(lengths)
+
+
+@pytest.mark.parametrize("zero_delay", [True, False], ids=["zero-delay", "engine"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"], ids=["chat", "completions"])
+def test_n_2_stream_interleaves_one_choice_a_chunk_each_ending_with_its_finish(sim_factory, zero_delay, path):
+    sim = sim_factory(itl_base=0.0 if zero_delay else 0.002)
+    chat = path == "/v1/chat/completions"
+    prompt = CHAT if chat else {"prompt": "What is the capital of France?"}
+    payload = {**prompt, "max_tokens": 3, "n": 2, "stream": True, "stream_options": {"include_usage": True}}
+    events = sse_events(httpx.post(sim.url + path, json=payload).text)
+    assert events[-1] == "[DONE]"
+    *chunks, usage_chunk = [orjson.loads(e) for e in events[:-1]]
+    assert all(len(c["choices"]) == 1 for c in chunks)
+    indexes = [c["choices"][0]["index"] for c in chunks]
+    if chat:  # a role event for each choice first
+        assert [c["choices"][0]["delta"] for c in chunks[:2]] == [{"role": "assistant", "content": ""}] * 2
+        assert indexes[:2] == [0, 1]
+        chunks, indexes = chunks[2:], indexes[2:]
+    assert indexes == [0, 1, 0, 1, 0, 1]  # interleaved, token by token
+    for i in (0, 1):
+        mine = [c["choices"][0] for c in chunks if c["choices"][0]["index"] == i]
+        assert [c["finish_reason"] for c in mine] == [None, None, "length"]
+        text = "".join(c["delta"]["content"] if chat else c["text"] for c in mine)
+        assert len(text.split()) == 3
+    assert usage_chunk["choices"] == []
+    assert usage_chunk["usage"]["completion_tokens"] == 6
+    assert usage_chunk["usage"]["total_tokens"] == usage_chunk["usage"]["prompt_tokens"] + 6
+
+
+def test_n_below_1_is_400_like_vllm_sampling_params(sim):
+    r = httpx.post(sim.url + "/v1/completions", json={"prompt": "x", "n": 0})
+    err = error_of(r)
+    assert r.status_code == 400 and err["type"] == "BadRequestError"
+    assert err["message"] == "n must be at least 1, got 0." and err["param"] is None
+    r = httpx.post(sim.url + "/v1/chat/completions", json={**CHAT, "n": "x"})
+    assert r.status_code == 400 and error_of(r)["param"] == "body.n"
+
+
 def test_stream_without_include_usage_has_no_usage_chunk(sim):
     r = httpx.post(sim.url + "/v1/completions", json={"prompt": "hi", "max_tokens": 3, "stream": True})
     events = sse_events(r.text)
@@ -162,7 +227,7 @@ def test_unknown_model_is_404_not_found_error_with_vllm_message(sim):
     [
         ("/v1/chat/completions", orjson.dumps({**CHAT, "max_tokens": -1})),
         ("/v1/chat/completions", orjson.dumps({**CHAT, "max_tokens": 0})),
-        ("/v1/chat/completions", orjson.dumps({**CHAT, "n": 2})),
+        ("/v1/chat/completions", orjson.dumps({**CHAT, "n": 0})),
         ("/v1/chat/completions", orjson.dumps({**CHAT, "stream_options": {"include_usage": True}})),
         ("/v1/chat/completions", orjson.dumps({**CHAT, "max_tokens": 100_000})),
         ("/v1/chat/completions", orjson.dumps({"messages": []})),
@@ -171,7 +236,7 @@ def test_unknown_model_is_404_not_found_error_with_vllm_message(sim):
         ("/v1/embeddings", orjson.dumps({"model": "sim-model"})),
     ],
     ids=[
-        "negative-max-tokens", "zero-max-tokens", "n-2", "stream-options-without-stream", "over-context-length",
+        "negative-max-tokens", "zero-max-tokens", "n-0", "stream-options-without-stream", "over-context-length",
         "empty-conversation", "missing-prompt", "negative-temperature", "missing-input",
     ],
 )  # fmt: skip
@@ -298,8 +363,10 @@ async def test_openai_async_client_streams_with_include_usage(sim):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 6
     assert all(c.usage is None for c in chunks[:-1])
     assert "".join(c.choices[0].delta.content or "" for c in chunks[:-1]).split().__len__() == 6
+    two = await client.chat.completions.create(model="sim-model", messages=CHAT["messages"], max_tokens=2, n=2)
+    assert [c.index for c in two.choices] == [0, 1] and two.usage.completion_tokens == 4
     with pytest.raises(openai.BadRequestError):
-        await client.chat.completions.create(model="sim-model", messages=CHAT["messages"], n=2)
+        await client.chat.completions.create(model="sim-model", messages=CHAT["messages"], n=0)
     await client.close()
 
 

@@ -190,3 +190,47 @@ async def test_zero_delay_mode_answers_at_once_and_still_counts_metrics(sim_fact
     assert sim.app.engine.steps == 0  # no per-token engine work
     assert value(sim.url, "vllm:generation_tokens_total") == 1000
     assert value(sim.url, "vllm:request_success_total", finished_reason="length") == 20
+
+
+async def test_n_sequences_count_as_n_running_sequences_and_every_token_counts(sim_factory):
+    sim = sim_factory(max_num_seqs=4, itl_base=0.02)
+    async with httpx.AsyncClient(base_url=sim.url) as client:
+        body = {**CHAT, "max_tokens": 10, "n": 3}
+        many = asyncio.create_task(client.post("/v1/chat/completions", json=body, headers={"X-Request-Id": "m"}))
+        await wait_for(lambda: len(sim.app.engine.running) == 3)
+        stats = (await client.get("/sim/stats")).json()
+        assert stats["running"] == ["0_chatcmpl-m", "1_chatcmpl-m", "2_chatcmpl-m"]  # vLLM's child ids
+        assert value(sim.url, "vllm:num_requests_running") == 3
+        kv_three = value(sim.url, "vllm:kv_cache_usage_perc")
+        # one slot left: a second n=2 request runs one sequence and queues the other
+        other = asyncio.create_task(client.post("/v1/chat/completions", json={**body, "n": 2}))
+        await wait_for(lambda: len(sim.app.engine.running) == 4 and sim.app.engine.num_waiting() == 1)
+        assert value(sim.url, "vllm:kv_cache_usage_perc") > kv_three
+        replies = await asyncio.gather(many, other)
+    assert [r.json()["usage"]["completion_tokens"] for r in replies] == [30, 20]
+    assert value(sim.url, "vllm:generation_tokens_total") == 50
+    assert value(sim.url, "vllm:request_success_total", finished_reason="length") == 5
+    assert value(sim.url, "vllm:kv_cache_usage_perc") == 0
+
+
+async def test_n_stream_disconnect_aborts_every_sequence(sim_factory):
+    sim = sim_factory(max_num_seqs=4, itl_base=0.01)
+    async with httpx.AsyncClient(base_url=sim.url) as client:
+        payload = {**CHAT, "max_tokens": 1000, "n": 3, "stream": True}
+        async with client.stream("POST", "/v1/chat/completions", json=payload) as r:
+            lines = 0
+            async for line in r.aiter_lines():
+                lines += line.startswith("data: ")
+                if lines >= 6:
+                    break
+        await wait_for(lambda: not sim.app.engine.running)
+    assert value(sim.url, "vllm:request_success_total", finished_reason="abort") == 3
+
+
+async def test_zero_delay_n_counts_every_generated_token(sim_factory):
+    sim = sim_factory(itl_base=0.0)
+    async with httpx.AsyncClient(base_url=sim.url) as client:
+        r = await client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 7, "n": 3, "stream": True})
+    assert r.status_code == 200 and sim.app.engine.steps == 0
+    assert value(sim.url, "vllm:generation_tokens_total") == 21
+    assert value(sim.url, "vllm:request_success_total", finished_reason="length") == 3

@@ -29,7 +29,7 @@ from llm_dispatcher.sim.config import SimConfig
 from llm_dispatcher.sim.engine import Engine, SimRequest
 from llm_dispatcher.sim.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from llm_dispatcher.sim.metrics import SimMetrics
-from llm_dispatcher.sim.text import TokenSource, chat_prompt, count_text_tokens, embedding, natural_length
+from llm_dispatcher.sim.text import TokenSource, chat_prompt, count_text_tokens, embedding, natural_lengths
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's and vLLM's default for /v1/completions
+MAX_N_SEQUENCES = 16384  # vLLM's VLLM_MAX_N_SEQUENCES default: the most choices (n) one request may ask for
 JSON = [(b"content-type", b"application/json")]
 SSE = [(b"content-type", b"text/event-stream; charset=utf-8")]
 DONE = b"data: [DONE]\n\n"
@@ -148,12 +149,16 @@ class Job:
     model: str
     prompt_text: str
     prompt_tokens: int
-    output_tokens: int
-    natural_stop: bool
+    outputs: list[int]  # output tokens of each choice (n = len(outputs))
+    finishes: list[str]  # each choice's finish reason: "stop" (natural end) or "length"
     stream: bool
     include_usage: bool
     priority: int
     created: int
+
+    @property
+    def n(self) -> int:
+        return len(self.outputs)
 
 
 def _opt_int(body: dict[str, Any], key: str, minimum: int | None = None) -> int | None:
@@ -490,9 +495,8 @@ class SimApp:
             prompt_text, prompt_tokens, exact_count = self._completion_prompt(body.get("prompt"))
             key = "max_tokens"
         max_tokens = _opt_int(body, key, 1)
-        n = _opt_int(body, "n")
-        if n is not None and n != 1:
-            raise bad_request(f"n must be 1 on this server, got {n}.", "n")
+        n = _lax_int(body, "n")
+        n = 1 if n is None else n
         stream = bool(_opt_bool(body, "stream"))
         _opt_bool(body, "ignore_eos")
         temperature = body.get("temperature")
@@ -532,15 +536,24 @@ class SimApp:
             output = min(max_tokens, room)
             if output < 1:
                 raise param_error(f"max_tokens must be at least 1, got {output}.", "max_tokens", output)
-            natural_stop = False
         else:
-            cap = room if kind == "chat" else min(room, COMPLETIONS_DEFAULT_MAX_TOKENS)
-            if cap < 1:
-                raise param_error(f"max_tokens must be at least 1, got {cap}.", "max_tokens", cap)
-            natural = (
-                cap + 1 if body.get("ignore_eos") else natural_length(cfg.seed, prompt_text, cfg.default_output_tokens)
+            output = room if kind == "chat" else min(room, COMPLETIONS_DEFAULT_MAX_TOKENS)
+            if output < 1:
+                raise param_error(f"max_tokens must be at least 1, got {output}.", "max_tokens", output)
+        # vLLM's SamplingParams checks (a VLLMValidationError without a parameter: no suffix).
+        if n < 1:
+            raise bad_request(f"n must be at least 1, got {n}.")
+        if n > MAX_N_SEQUENCES:
+            raise bad_request(
+                f"n must be at most {MAX_N_SEQUENCES}, got {n}. "
+                "To increase this limit, set the VLLM_MAX_N_SEQUENCES environment variable."
             )
-            output, natural_stop = (natural, True) if natural <= cap else (cap, False)
+        if max_tokens is not None or body.get("ignore_eos"):
+            outputs, finishes = [output] * n, ["length"] * n
+        else:  # each choice stops at its own seeded natural length, unless the cap comes first
+            naturals = natural_lengths(cfg.seed, prompt_text, cfg.default_output_tokens, n)
+            outputs = [min(k, output) for k in naturals]
+            finishes = ["stop" if k <= output else "length" for k in naturals]
         prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
         return Job(
             kind=kind,
@@ -548,8 +561,8 @@ class SimApp:
             model=model,
             prompt_text=prompt_text,
             prompt_tokens=prompt_tokens,
-            output_tokens=output,
-            natural_stop=natural_stop,
+            outputs=outputs,
+            finishes=finishes,
             stream=stream,
             include_usage=include_usage,
             priority=priority,
@@ -588,7 +601,7 @@ class SimApp:
             return
         drop_at = -1
         if cfg.drop_mid_stream_rate and self._drop_rng.random() < cfg.drop_mid_stream_rate:
-            drop_at = job.output_tokens // 2
+            drop_at = sum(job.outputs) // 2  # token events (of all choices) sent before the drop
         if cfg.zero_delay:
             await self._generate_at_once(job, send, extra_headers, drop_at)
         else:
@@ -609,8 +622,10 @@ class SimApp:
             + b',"choices":['
         )
 
-    def _chunk(self, job: Job, prefix: bytes, text: str, finish: str | None, first: bool) -> bytes:
-        """One streamed event, field for field as vLLM 0.32 writes it."""
+    def _chunk(
+        self, job: Job, prefix: bytes, text: str, finish: str | None, first: bool, head: bytes = b'{"index":0,'
+    ) -> bytes:
+        """One streamed event, field for field as vLLM 0.32 writes it; ``head`` opens the choice with its index."""
         end = (
             b'"finish_reason":null'
             if finish is None
@@ -620,13 +635,15 @@ class SimApp:
             if first:  # the role event: no token_ids, and the prompt fields after the choices
                 return (
                     prefix
-                    + b'{"index":0,"delta":{"role":"assistant","content":'
+                    + head
+                    + b'"delta":{"role":"assistant","content":'
                     + orjson.dumps(text)
                     + b'},"logprobs":null,"finish_reason":null}],"prompt_token_ids":null,"prompt_text":null}\n\n'
                 )
             return (
                 prefix
-                + b'{"index":0,"delta":{"content":'
+                + head
+                + b'"delta":{"content":'
                 + orjson.dumps(text)
                 + b'},"logprobs":null,'
                 + end
@@ -637,13 +654,19 @@ class SimApp:
             end += b',"stop_reason":null'
         return (
             prefix
-            + b'{"index":0,"text":'
+            + head
+            + b'"text":'
             + orjson.dumps(text)
             + b',"logprobs":null,'
             + end
             + b',"prompt_token_ids":null,"token_ids":null}]'
             + self._stream_tail(job, finish)
         )
+
+    @staticmethod
+    def _heads(n: int) -> list[bytes]:
+        """The opening of each choice's streamed object: ``{"index":i,``."""
+        return [b'{"index":%d,' % i for i in range(n)]
 
     def _stream_tail(self, job: Job, finish: str | None) -> bytes:
         """The finish event carries the fingerprint, unless a usage event follows (then that one does)."""
@@ -669,31 +692,35 @@ class SimApp:
         )
         return prefix + b'],"usage":' + usage + b',"system_fingerprint":' + self._fingerprint_json + b"}\n\n"
 
-    def _full_response(self, job: Job, text: str, finish: str, completion_tokens: int) -> bytes:
+    def _full_response(self, job: Job, texts: list[str], finishes: list[str], completion_tokens: int) -> bytes:
+        """The non-streamed body: one choice per text (usage: the prompt once, every choice's tokens)."""
         if job.kind == "chat":
-            choice: dict[str, Any] = {
-                "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": text,
-                    "refusal": None,
-                    "annotations": None,
-                    "audio": None,
-                    "function_call": None,
-                    "reasoning": None,
-                },
-                "logprobs": None,
-                "finish_reason": finish,
-                "stop_reason": None,
-                "token_ids": None,
-                "routed_experts": None,
-            }
+            choices: list[dict[str, Any]] = [
+                {
+                    "index": i,
+                    "message": {
+                        "role": "assistant",
+                        "content": text,
+                        "refusal": None,
+                        "annotations": None,
+                        "audio": None,
+                        "function_call": None,
+                        "reasoning": None,
+                    },
+                    "logprobs": None,
+                    "finish_reason": finish,
+                    "stop_reason": None,
+                    "token_ids": None,
+                    "routed_experts": None,
+                }
+                for i, (text, finish) in enumerate(zip(texts, finishes, strict=True))
+            ]
             body: dict[str, Any] = {
                 "id": job.request_id,
                 "object": "chat.completion",
                 "created": job.created,
                 "model": job.model,
-                "choices": [choice],
+                "choices": choices,
                 "service_tier": None,
                 "system_fingerprint": self.fingerprint,
                 "usage": self._usage(job, completion_tokens),
@@ -712,7 +739,7 @@ class SimApp:
                 "model": job.model,
                 "choices": [
                     {
-                        "index": 0,
+                        "index": i,
                         "text": text,
                         "logprobs": None,
                         "finish_reason": finish,
@@ -722,6 +749,7 @@ class SimApp:
                         "prompt_token_ids": None,
                         "routed_experts": None,
                     }
+                    for i, (text, finish) in enumerate(zip(texts, finishes, strict=True))
                 ],
                 "service_tier": None,
                 "system_fingerprint": self.fingerprint,
@@ -737,23 +765,21 @@ class SimApp:
         cfg, metrics = self.config, self.metrics
         t0 = time.perf_counter()
         stall = cfg.stall_before_first_token
-        n = job.output_tokens
-        start = self.tokens.start(cfg.seed, job.prompt_text)
-        finish = "stop" if job.natural_stop else "length"
-        metrics.prompt_tokens.inc(job.prompt_tokens)
-        metrics.prefix_cache_queries.inc(job.prompt_tokens)
+        outputs, finishes, n = job.outputs, job.finishes, job.n
+        total = outputs[0] if n == 1 else sum(outputs)
+        starts = self.tokens.starts(cfg.seed, job.prompt_text, n)
+        # Each of the n sequences is one engine request (vLLM's parallel sampling): its prompt counts.
+        metrics.prompt_tokens.inc(job.prompt_tokens * n)
+        metrics.prefix_cache_queries.inc(job.prompt_tokens * n)
         if not job.stream:
             if stall:
                 await asyncio.sleep(stall)
-            text = self.tokens.text(start, 0, n)
-            body = self._full_response(job, text, finish, n)
+            texts = [self.tokens.text(start, 0, out) for start, out in zip(starts, outputs, strict=True)]
+            body = self._full_response(job, texts, finishes, total)
             if drop_at >= 0:
-                await self._drop(job, send, body, headers, n)
-            metrics.generation_tokens.inc(n)
-            elapsed = time.perf_counter() - t0
-            metrics.observe_finished(
-                finish, e2e=elapsed, queue=0.0, ttft=elapsed, prefill=0.0, decode=0.0, output_tokens=n
-            )
+                await self._drop(job, send, body, headers, total)
+            metrics.generation_tokens.inc(total)
+            self._observe_at_once(job, time.perf_counter() - t0)
             await self._send_json(send, 200, body, headers)
             return
         await send({"type": "http.response.start", "status": 200, "headers": [*SSE, *headers]})
@@ -761,23 +787,42 @@ class SimApp:
             await asyncio.sleep(stall)
         prefix = self._chunk_prefix(job)
         toks = self.tokens
-        limit = n if drop_at < 0 else drop_at
-        parts = [self._chunk(job, prefix, "", None, True)] if job.kind == "chat" else []
-        for i in range(limit):
-            last = i == n - 1
-            parts.append(self._chunk(job, prefix, toks.text(start, i, i + 1), finish if last else None, False))
+        limit = total if drop_at < 0 else drop_at
+        chunk = self._chunk
+        if n == 1:
+            start, out, finish = starts[0], outputs[0], finishes[0]
+            parts = [chunk(job, prefix, "", None, True)] if job.kind == "chat" else []
+            for i in range(limit):
+                last = i == out - 1
+                parts.append(chunk(job, prefix, toks.text(start, i, i + 1), finish if last else None, False))
+        else:  # vLLM interleaves the choices: token t of every choice, then token t + 1
+            heads = self._heads(n)
+            parts = [chunk(job, prefix, "", None, True, h) for h in heads] if job.kind == "chat" else []
+            emitted = 0
+            for t in range(max(outputs)):
+                for c in range(n):
+                    out = outputs[c]
+                    if t < out and emitted < limit:
+                        text = toks.text(starts[c], t, t + 1)
+                        parts.append(chunk(job, prefix, text, finishes[c] if t == out - 1 else None, False, heads[c]))
+                        emitted += 1
         if drop_at >= 0:
             await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
             metrics.generation_tokens.inc(limit)
-            metrics.request_success["abort"].inc()
+            metrics.request_success["abort"].inc(n)
             raise SimulatedDrop(job.request_id)
         if job.include_usage:
-            parts.append(self._usage_chunk(job, prefix, n))
+            parts.append(self._usage_chunk(job, prefix, total))
         parts.append(DONE)
-        metrics.generation_tokens.inc(n)
-        elapsed = time.perf_counter() - t0
-        metrics.observe_finished(finish, e2e=elapsed, queue=0.0, ttft=elapsed, prefill=0.0, decode=0.0, output_tokens=n)
+        metrics.generation_tokens.inc(total)
+        self._observe_at_once(job, time.perf_counter() - t0)
         await send({"type": "http.response.body", "body": b"".join(parts)})
+
+    def _observe_at_once(self, job: Job, elapsed: float) -> None:
+        """Every sequence finishes (vLLM counts each of the n as a request in its histograms)."""
+        observe = self.metrics.observe_finished
+        for finish, out in zip(job.finishes, job.outputs, strict=True):
+            observe(finish, e2e=elapsed, queue=0.0, ttft=elapsed, prefill=0.0, decode=0.0, output_tokens=out)
 
     async def _drop(self, job: Job, send: Send, body: bytes, headers: list[tuple[bytes, bytes]], n: int) -> None:
         """Start a non-streamed response, send half of it and close the connection."""
@@ -789,7 +834,7 @@ class SimApp:
             }
         )
         await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
-        self.metrics.request_success["abort"].inc()
+        self.metrics.request_success["abort"].inc(job.n)
         raise SimulatedDrop(job.request_id)
 
     # engine mode ----------------------------------------------------------------------------
@@ -797,10 +842,17 @@ class SimApp:
         self, job: Job, receive: Receive, send: Send, headers: list[tuple[bytes, bytes]], drop_at: int
     ) -> None:
         loop = asyncio.get_running_loop()
-        req = SimRequest(
-            job.request_id, job.prompt_tokens, job.output_tokens, natural_stop=job.natural_stop, priority=job.priority
-        )
+        n, rid = job.n, job.request_id
+        # n > 1: one engine request a choice, with vLLM's child ids "<index>_<request id>".
+        reqs = [
+            SimRequest(
+                rid if n == 1 else f"{i}_{rid}", job.prompt_tokens, out, natural_stop=finish == "stop",
+                priority=job.priority,
+            )
+            for i, (out, finish) in enumerate(zip(job.outputs, job.finishes, strict=True))
+        ]  # fmt: skip
         disconnected: asyncio.Future[None] = loop.create_future()
+        engine = self.engine
 
         async def watch() -> None:
             while True:
@@ -809,7 +861,8 @@ class SimApp:
                     break
             if not disconnected.done():
                 disconnected.set_result(None)
-            self.engine.abort(req)
+            for req in reqs:
+                engine.abort(req)
 
         watcher = loop.create_task(watch())
         try:
@@ -819,75 +872,114 @@ class SimApp:
             if stall:
                 await asyncio.wait([disconnected], timeout=stall)
                 if disconnected.done():
-                    self.metrics.request_success["abort"].inc()
+                    self.metrics.request_success["abort"].inc(n)
                     return
-            self.engine.submit(req)
+            for req in reqs:
+                engine.submit(req)
             if job.stream:
-                await self._stream_from_engine(job, req, send, drop_at)
+                await self._stream_from_engine(job, reqs, send, drop_at)
             else:
-                assert req.done is not None
-                await req.done
-                await self._reply_from_engine(job, req, send, headers, drop_at)
+                for req in reqs:
+                    assert req.done is not None
+                    await req.done
+                await self._reply_from_engine(job, reqs, send, headers, drop_at)
         finally:
             watcher.cancel()
-            if not req.finished and req.done is not None:
-                self.engine.abort(req)
+            for req in reqs:
+                if not req.finished and req.done is not None:
+                    engine.abort(req)
 
     def _engine_error(self) -> ApiError:
         return ApiError(500, "EngineCore encountered an issue. See stack trace (above) for the root cause.")
 
     async def _reply_from_engine(
-        self, job: Job, req: SimRequest, send: Send, headers: list[tuple[bytes, bytes]], drop_at: int
+        self, job: Job, reqs: list[SimRequest], send: Send, headers: list[tuple[bytes, bytes]], drop_at: int
     ) -> None:
-        if req.finish_reason == "abort":
+        reasons = [req.finish_reason for req in reqs]
+        if "abort" in reasons:
             return  # the client went away: nobody to answer
-        if req.finish_reason == "error":
+        if "error" in reasons:
             err = self._engine_error()
             await self._send_json(send, err.status, err.body(), headers)
             return
-        start = self.tokens.start(self.config.seed, job.prompt_text)
-        text = self.tokens.text(start, 0, req.generated)
-        body = self._full_response(job, text, req.finish_reason or "length", req.generated)
+        starts = self.tokens.starts(self.config.seed, job.prompt_text, job.n)
+        texts = [self.tokens.text(start, 0, req.generated) for start, req in zip(starts, reqs, strict=True)]
+        total = sum(req.generated for req in reqs)
+        body = self._full_response(job, texts, [r or "length" for r in reasons], total)
         if drop_at >= 0:
-            await self._drop(job, send, body, headers, req.generated)
+            await self._drop(job, send, body, headers, total)
         await self._send_json(send, 200, body, headers)
 
-    async def _stream_from_engine(self, job: Job, req: SimRequest, send: Send, drop_at: int) -> None:
+    @staticmethod
+    async def _next_tokens(reqs: list[SimRequest], sent: list[int]) -> None:
+        """Wait until one of the still open choices has new tokens or finished."""
+        if len(reqs) == 1:
+            await reqs[0].next_tokens()
+            return
+        open_ = [(req, s) for req, s in zip(reqs, sent, strict=True) if s >= 0]
+        if any(req.finished or req.generated > s for req, s in open_):
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        for req, _ in open_:
+            req.waiter = waiter  # one future for all: whichever the engine steps first wakes it
+        try:
+            await waiter
+        finally:
+            for req, _ in open_:
+                if req.waiter is waiter:
+                    req.waiter = None
+
+    async def _stream_from_engine(self, job: Job, reqs: list[SimRequest], send: Send, drop_at: int) -> None:
+        n = len(reqs)
         prefix = self._chunk_prefix(job)
-        start = self.tokens.start(self.config.seed, job.prompt_text)
-        toks = self.tokens
-        sent = 0
+        starts = self.tokens.starts(self.config.seed, job.prompt_text, n)
+        heads = self._heads(n)
+        toks, chunk, engine = self.tokens, self._chunk, self.engine
+        sent = [0] * n  # tokens sent of each choice; -1 once its finish event went out
+        total_sent = 0
         first = True
         while True:
-            await req.next_tokens()
-            reason = req.finish_reason
-            if reason == "abort":
+            await self._next_tokens(reqs, sent)
+            reasons = [req.finish_reason for req in reqs]
+            if "abort" in reasons:
+                for req in reqs:
+                    engine.abort(req)
                 return
-            if reason == "error":
+            if "error" in reasons:
                 err = self._engine_error()
                 await send(
                     {"type": "http.response.body", "body": b"data: " + err.body() + b"\n\n" + DONE, "more_body": False}
                 )
                 return
-            upto = req.generated
-            if drop_at >= 0 and upto >= drop_at:
-                upto = drop_at
             parts = []
             if first and job.kind == "chat":
-                parts.append(self._chunk(job, prefix, "", None, True))
+                parts.extend(chunk(job, prefix, "", None, True, h) for h in heads)
             first = False
-            for i in range(sent, upto):
-                final = reason is not None and i == req.generated - 1
-                parts.append(self._chunk(job, prefix, toks.text(start, i, i + 1), reason if final else None, False))
-            sent = upto
-            if drop_at >= 0 and sent >= drop_at:
+            # New tokens, interleaved like vLLM: position by position, choice by choice.
+            budget = -1 if drop_at < 0 else drop_at - total_sent
+            lo = min((s for s in sent if s >= 0), default=0)
+            hi = max(req.generated for req in reqs)
+            for t in range(lo, hi):
+                for c in range(n):
+                    req, s = reqs[c], sent[c]
+                    if s < 0 or not s <= t < req.generated or budget == 0:
+                        continue
+                    reason = reasons[c]
+                    final = reason is not None and t == req.generated - 1
+                    text = toks.text(starts[c], t, t + 1)
+                    parts.append(chunk(job, prefix, text, reason if final else None, False, heads[c]))
+                    sent[c] = -1 if final else t + 1
+                    total_sent += 1
+                    budget -= 1
+            if budget == 0:
                 if parts:
                     await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
-                self.engine.abort(req)
+                for req in reqs:
+                    engine.abort(req)
                 raise SimulatedDrop(job.request_id)
-            if reason is not None:
+            if all(s < 0 for s in sent):
                 if job.include_usage:
-                    parts.append(self._usage_chunk(job, prefix, req.generated))
+                    parts.append(self._usage_chunk(job, prefix, sum(req.generated for req in reqs)))
                 parts.append(DONE)
                 await send({"type": "http.response.body", "body": b"".join(parts), "more_body": False})
                 return

@@ -45,10 +45,22 @@ def prompt_hash(seed: int, text: str) -> int:
     return zlib.crc32(text.encode("utf-8", "surrogatepass"), seed & 0xFFFFFFFF)
 
 
+def choice_hash(base: int, index: int) -> int:
+    """Choice ``index``'s own hash from a prompt's: choice 0 keeps the prompt's, others are mixed."""
+    return base if index == 0 else zlib.crc32(index.to_bytes(4, "little"), base)
+
+
 def natural_length(seed: int, text: str, default_output_tokens: int) -> int:
     """Seeded output length for a request without max_tokens: within [n // 2, n], at least 1."""
+    return natural_lengths(seed, text, default_output_tokens, 1)[0]
+
+
+def natural_lengths(seed: int, text: str, default_output_tokens: int, n: int) -> list[int]:
+    """The seeded natural lengths of choices 0..n-1 (choice 0's is ``natural_length``)."""
     lo = max(1, default_output_tokens // 2)
-    return lo + prompt_hash(seed ^ 0x5EED, text) % (default_output_tokens - lo + 1)
+    span = default_output_tokens - lo + 1
+    base = prompt_hash(seed ^ 0x5EED, text)
+    return [lo + choice_hash(base, i) % span for i in range(n)]
 
 
 class TokenSource:
@@ -63,6 +75,13 @@ class TokenSource:
 
     def start(self, seed: int, text: str) -> int:
         return prompt_hash(seed, text) % self.SIZE
+
+    def starts(self, seed: int, text: str, n: int) -> list[int]:
+        """Window starts of choices 0..n-1: each choice reads its own seeded window (choice 0: ``start``)."""
+        base = prompt_hash(seed, text)
+        if n == 1:
+            return [base % self.SIZE]
+        return [choice_hash(base, i) % self.SIZE for i in range(n)]
 
     def text(self, start: int, begin: int, end: int) -> str:
         """Tokens [begin, end) of the window at ``start`` joined into text."""
