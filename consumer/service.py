@@ -17,6 +17,7 @@ import uuid
 from collections import OrderedDict
 
 from aio_pika.abc import AbstractIncomingMessage
+from aiormq.abc import DeliveredMessage
 
 from consumer.leases import LeaseTable
 from consumer.metrics import ConsumerMetrics
@@ -183,36 +184,42 @@ class Consumer:
                 if prefetch != self._prefetch:
                     await self.channel.set_qos(prefetch_count=prefetch)
                     self._prefetch = prefetch
-                self._consumer_tag = await self.queue.consume(self._on_ticket)
+                # Straight on the aiormq channel (the hot path); after a reconnect the gate subscribes anew.
+                raw = await self.channel.get_underlay_channel()
+                ok = await raw.basic_consume(self.queue.name, self._on_ticket)
+                self._consumer_tag, self._consumer_channel = ok.consumer_tag, raw
             elif not on and self._consumer_tag is not None:
                 tag, self._consumer_tag = self._consumer_tag, None
-                await self.queue.cancel(tag)
+                if not self._consumer_channel.is_closed:
+                    await self._consumer_channel.basic_cancel(tag)
             self.metrics.pulling.labels(*self.labels).set(1 if self._consumer_tag else 0)
 
     # -- tickets -------------------------------------------------------------------------------
-    async def _on_ticket(self, message: AbstractIncomingMessage) -> None:
+    async def _on_ticket(self, message: DeliveredMessage) -> None:
         m, lab = self.metrics, self.labels
+        channel = message.channel
+        tag: int = message.delivery.delivery_tag  # type: ignore[union-attr,assignment]  # a Deliver here
         try:
             ticket = Ticket.loads(message.body)
         except Exception:
             log.error("malformed ticket dropped: %r", message.body[:200])
             m.dropped.labels(*lab, "malformed").inc()
-            await message.reject(requeue=False)
+            await channel.basic_reject(tag, requeue=False)
             return
         if ticket.id in self._cancelled:
             m.dropped.labels(*lab, "cancelled").inc()
-            await message.ack()
+            await channel.basic_ack(tag)
             return
         if ticket.expired():
             m.dropped.labels(*lab, "expired").inc()
-            await message.ack()
+            await channel.basic_ack(tag)
             return
         decision = self.decide()
         m.decisions.labels(*lab, decision.reason.value).inc()
         if not decision.admit:
             # Stop the broker pushing more, then hand this one back: it keeps its place in the queue.
             await self._set_pulling(False)
-            await message.nack(requeue=True)
+            await channel.basic_nack(tag, requeue=True)
             m.returned.labels(*lab).inc()
             self.poke()
             return
@@ -229,14 +236,16 @@ class Consumer:
         )
         try:
             await amqp.publish(
-                self.channel, message.reply_to or "", grant.dumps(), correlation_id=ticket.id, mandatory=True
+                self.channel, message.header.properties.reply_to or "", grant.dumps(), correlation_id=ticket.id,
+                mandatory=True,
             )
         except Exception:
             log.exception("could not send grant; ticket goes back to the queue", extra={"ticket_id": ticket.id})
             self._end_lease(lease.id, "grant_failed")
-            await message.nack(requeue=True)
+            with contextlib.suppress(Exception):
+                await channel.basic_nack(tag, requeue=True)
             return
-        await message.ack()
+        await channel.basic_ack(tag)
         m.grants.labels(*lab).inc()
         log.debug("granted %s (lease %s)", ticket.id, lease.id,
                   extra={"ticket_id": ticket.id, "lease_id": lease.id, "request_id": ticket.request_id})

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client.parser import text_string_to_metric_families
-
 # Sample names as the text format prints them (counters carry `_total`).
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
@@ -26,16 +24,24 @@ class VllmScrape:
 
     @classmethod
     def parse(cls, text: str, at: float) -> VllmScrape:
+        """Reads only the four samples the consumer needs. A real scrape carries hundreds of histogram
+        lines; a full exposition-format parse of them costs tens of milliseconds, this a fraction."""
         sums: dict[str, float] = {}
         kv_max: float | None = None
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name not in _WANTED:
-                    continue
-                if sample.name == KV_CACHE:  # a fraction: the fullest engine is what limits us
-                    kv_max = sample.value if kv_max is None else max(kv_max, sample.value)
-                else:
-                    sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+        for line in text.splitlines():
+            if not line.startswith("vllm:"):
+                continue
+            brace = line.find("{")
+            space = line.find(" ")
+            end = brace if 0 <= brace < space or (brace >= 0 and space < 0) else space
+            name = line[:end]
+            if name not in _WANTED:
+                continue
+            value = _sample_value(line)
+            if name == KV_CACHE:  # a fraction: the fullest engine is what limits us
+                kv_max = value if kv_max is None else max(kv_max, value)
+            else:
+                sums[name] = sums.get(name, 0.0) + value
         return cls(
             at=at,
             running=sums.get(RUNNING),
@@ -43,6 +49,16 @@ class VllmScrape:
             kv_cache_usage=kv_max,
             generation_tokens=sums.get(GENERATION_TOKENS),
         )
+
+
+def _sample_value(line: str) -> float:
+    """The value of one exposition-format sample line: after the labels, before an optional timestamp."""
+    close = line.rfind("}")
+    rest = line[close + 1 :] if close >= 0 else line.split(" ", 1)[1]
+    try:
+        return float(rest.split()[0])
+    except (IndexError, ValueError):
+        raise ValueError(f"unreadable sample line: {line[:200]!r}") from None
 
 
 def tokens_per_second(older: VllmScrape | None, newer: VllmScrape) -> float | None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 from consumer.vllm_metrics import VllmScrape, tokens_per_second
+from llm_dispatcher.sim import SimConfig, SimServer
 
 SCRAPE = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -56,3 +60,19 @@ def test_token_rate_from_two_scrapes_and_none_on_counter_reset():
     assert tokens_per_second(a, b) == 30.0
     assert tokens_per_second(b, a) is None
     assert tokens_per_second(None, b) is None
+
+
+def test_fast_parser_agrees_with_the_reference_parser_on_a_real_simulator_scrape():
+    with SimServer(SimConfig(model="m", itl_base=0.001)).start() as sim:
+        httpx.post(sim.url + "/v1/completions", json={"model": "m", "prompt": "hello", "max_tokens": 5})
+        text = httpx.get(sim.url + "/metrics").text
+    ours = VllmScrape.parse(text, at=0)
+    ref = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert ours.generation_tokens == ref["vllm:generation_tokens_total"] == 5
+    assert ours.running == ref["vllm:num_requests_running"]
+    assert ours.kv_cache_usage == ref["vllm:kv_cache_usage_perc"]
+
+
+def test_label_values_with_spaces_and_braces_do_not_confuse_the_parser():
+    text = 'vllm:num_requests_running{engine="0",model_name="a b {c}"} 7.0 1700000000000\n'
+    assert VllmScrape.parse(text, at=0).running == 7.0
