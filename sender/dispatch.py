@@ -15,6 +15,7 @@ import uuid
 
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage
+from aiormq.abc import DeliveredMessage
 
 from llm_dispatcher import amqp, protocol
 from llm_dispatcher.errors import BrokerUnavailableError, QueueTimeoutError
@@ -52,8 +53,8 @@ class Dispatcher:
         self.channel = await self.connection.channel(publisher_confirms=False)
         self.cancels = await amqp.declare_fanout(self.channel, protocol.cancel_exchange(self.prefix))
         heartbeats = await amqp.declare_fanout(self.channel, protocol.heartbeat_exchange(self.prefix))
-        replies = await self.channel.declare_queue(self._reply_name, exclusive=True, auto_delete=True)
-        await replies.consume(self._on_grant, no_ack=True)
+        await self.channel.declare_queue(self._reply_name, exclusive=True, auto_delete=True)
+        await self._consume_replies()
         hb_queue = await self.channel.declare_queue(
             f"{self.prefix}.hb.{uuid.uuid4().hex}", exclusive=True, auto_delete=True
         )
@@ -80,9 +81,16 @@ class Dispatcher:
         self._declared.clear()
         self._fail_waiting("the message broker connection was lost")
 
+    async def _consume_replies(self) -> None:
+        """Grants arrive on the hot path: consumed straight on the aiormq channel (aio-pika restores
+        the reply queue itself after a reconnect; this subscription is renewed in _on_reconnect)."""
+        raw = await self.channel.get_underlay_channel()
+        await raw.basic_consume(self._reply_name, self._on_grant, no_ack=True)
+
     def _on_reconnect(self, *_args) -> None:
         self.connected = True
         log.info("broker connection restored")
+        asyncio.get_running_loop().create_task(self._consume_replies()).add_done_callback(_log_failure)
         if self._pending_releases:
             task = asyncio.get_running_loop().create_task(self._flush_releases())
             task.add_done_callback(_log_failure)
@@ -218,7 +226,7 @@ class Dispatcher:
             expiration_s=self.settings.queue_timeout_s,
         )
 
-    async def _on_grant(self, message: AbstractIncomingMessage) -> None:
+    async def _on_grant(self, message: DeliveredMessage) -> None:
         try:
             grant = Grant.loads(message.body)
         except Exception:
@@ -283,4 +291,4 @@ class Dispatcher:
 
 def _log_failure(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.warning("cancel not published: %r", task.exception())
+        log.warning("broker operation failed: %r", task.exception())

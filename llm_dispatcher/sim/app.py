@@ -951,7 +951,7 @@ class SimApp:
                     {"type": "http.response.body", "body": b"data: " + err.body() + b"\n\n" + DONE, "more_body": False}
                 )
                 return
-            parts = []
+            parts: list[bytes] = []
             if first and job.kind == "chat":
                 parts.extend(chunk(job, prefix, "", None, True, h) for h in heads)
             first = False
