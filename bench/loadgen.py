@@ -101,6 +101,7 @@ class Target:
             "model": self.model,
             "messages": [{"role": "user", "content": "abc " * max(1, a.prompt_tokens - 5)}],
             "max_tokens": a.max_tokens,
+            "ignore_eos": True,  # exactly max_tokens on a real vLLM too (vLLM's extra sampling parameter)
             "stream": True,
             "stream_options": {"include_usage": True},
         }

@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -32,13 +33,18 @@ from loadgen import Record, Target, TrafficClass, assign_replicas, run_load, sch
 
 from llm_dispatcher.localstack import Stack
 
-# A replica that saturates like a GPU: at most 16 sequences, each step 20 ms + 2 ms per running
-# sequence (ITL 22 ms alone, 52 ms at 16), prefill 0.2 ms per prompt token: ~300 output tokens/s.
-SIM = ["--max-num-seqs", "16", "--itl-base", "0.02", "--itl-per-seq", "0.002", "--prefill-per-token", "0.0002"]
-SIM_SLOW = ["--max-num-seqs", "16", "--itl-base", "0.04", "--itl-per-seq", "0.004", "--prefill-per-token", "0.0004"]
+# A replica that saturates like a GPU: at most 16 sequences, each step 40 ms + 4 ms per running
+# sequence (ITL 44 ms alone, 104 ms at 16), prefill 0.4 ms per prompt token: ~150 output tokens/s at
+# a full batch. (Half the speed of the issue's example, so that the 2 shared CPU cores relaying every
+# token through sender and load generator do not slow the simulated engine itself.)
+SIM = ["--max-num-seqs", "16", "--itl-base", "0.04", "--itl-per-seq", "0.004", "--prefill-per-token", "0.0004"]
+SIM_SLOW = ["--max-num-seqs", "16", "--itl-base", "0.08", "--itl-per-seq", "0.008", "--prefill-per-token", "0.0008"]
 # The consumer settings used unless a scenario says otherwise: the in-flight cap equals the engine's
-# batch (max-num-seqs), so vLLM's own waiting queue stays empty and the ordering happens in RabbitMQ.
-CONSUMER = {"LLMD_MAX_CONCURRENCY": "16", "LLMD_MAX_WAITING": "0", "LLMD_SCRAPE_INTERVAL_S": "0.25"}
+# batch (max-num-seqs), so the ordering happens in RabbitMQ, not in vLLM's queue. LLMD_MAX_WAITING=4,
+# not 0: with the cap at max-num-seqs, vLLM's waiting queue only ever holds requests granted since the
+# engine's last step; a scrape that catches one of them would otherwise stop pulling for a whole
+# scrape interval while a slot is free.
+CONSUMER = {"LLMD_MAX_CONCURRENCY": "16", "LLMD_MAX_WAITING": "4", "LLMD_SCRAPE_INTERVAL_S": "0.25"}
 SENDER = {"LLMD_QUEUE_TIMEOUT_S": "60"}
 MODEL = "bench-model"
 WARMUP_S = 5.0  # engine tokens/s is measured from here to the end of the arrival window
@@ -107,12 +113,12 @@ class Sampler:
                 texts = await asyncio.gather(*(self._get(s, u) for u in urls))
                 n = len(self.sims)
                 row = {
-                    "t": t,
-                    "running": [_sum(x, "vllm:num_requests_running") for x in texts[:n]],
-                    "waiting": [_sum(x, "vllm:num_requests_waiting") for x in texts[:n]],
-                    "gen": [_sum(x, "vllm:generation_tokens_total") for x in texts[:n]],
+                    "t": t,  # a failed scrape reads None (never 0, which would look like an idle engine)
+                    "running": [_sum(x, "vllm:num_requests_running") if x else None for x in texts[:n]],
+                    "waiting": [_sum(x, "vllm:num_requests_waiting") if x else None for x in texts[:n]],
+                    "gen": [_sum(x, "vllm:generation_tokens_total") if x else None for x in texts[:n]],
                     "in_flight": [],
-                    "tickets": _sum(texts[-1], "llmd_waiting_tickets") if self.sender else 0.0,
+                    "tickets": _sum(texts[-1], "llmd_waiting_tickets") if self.sender and texts[-1] else 0.0,
                 }
                 for x in texts[n : n + len(self.consumers)]:
                     try:
@@ -123,8 +129,13 @@ class Sampler:
                 await asyncio.sleep(max(0.0, self.period - (time.perf_counter() - self.t0 - t)))
 
 
+def complete(rows: list[dict]) -> list[dict]:
+    """Samples where every replica answered."""
+    return [r for r in rows if None not in r["gen"] and None not in r["running"] and None not in r["waiting"]]
+
+
 def engine_tps(rows: list[dict], start: float, end: float) -> float:
-    inside = [r for r in rows if start <= r["t"] <= end]
+    inside = [r for r in complete(rows) if start <= r["t"] <= end]
     if len(inside) < 2:
         return float("nan")
     a, b = inside[0], inside[-1]
@@ -135,6 +146,7 @@ def idle_while_waiting(rows: list[dict], mode: str) -> list[dict]:
     """Per replica: longest stretch (and total) with the engine running nothing while work waited
     (dispatcher: tickets waiting at the sender; straight to vLLM: another replica's waiting queue)."""
     out = []
+    rows = complete(rows)
     n = len(rows[0]["running"]) if rows else 0
     for i in range(n):
         longest = total = cur = 0.0
@@ -162,6 +174,8 @@ def run_arm(
     workdir: str,
     drain_s: float = 20.0,
     model: str = MODEL,
+    sample_period: float = 0.25,
+    sample_tickets: bool = False,
 ) -> dict:
     stack = Stack(workdir, model=model)
     try:
@@ -182,7 +196,8 @@ def run_arm(
         load_before = os.getloadavg()[0]
 
         async def drive() -> tuple[list[Record], list[dict]]:
-            sampler = Sampler(urls, consumers, stack.url if arm.mode == "dispatcher" else None)
+            sender = stack.url if arm.mode == "dispatcher" and sample_tickets else None
+            sampler = Sampler(urls, consumers if sample_tickets else [], sender, sample_period)
             task = asyncio.create_task(sampler.run())
             try:
                 records = await run_load(target, arrivals, duration, drain_s)
@@ -343,7 +358,7 @@ def plot_goodput(results: list[dict], path: Path, title: str) -> None:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.4))
     for res in results:
-        rows = res["rows"]
+        rows = complete(res["rows"])
         t = np.array([r["t"] for r in rows])
         g = np.array([sum(r["gen"]) for r in rows])
         run = np.array([sum(r["running"]) for r in rows])
@@ -372,7 +387,7 @@ def plot_replicas(results: list[dict], path: Path, title: str, names: list[str])
     plt = _plt()
     fig, axes = plt.subplots(1, len(results) + 1, figsize=(5 * (len(results) + 1), 4.2))
     for ax, res in zip(axes, results, strict=False):
-        rows = res["rows"]
+        rows = complete(res["rows"])
         t = [r["t"] for r in rows]
         for i, n in enumerate(names):
             ax.plot(t, [r["running"][i] for r in rows], label=f"{n} running")
@@ -406,7 +421,7 @@ def plot_floor(results: list[dict], floor: float, path: Path, title: str) -> Non
         v = sorted(r["tps"] for r in res["records"] if r["status"] == 200 and r["tps"])
         if v:
             axes[0].plot(v, np.linspace(0, 1, len(v)), label=res["arm"], color=COLORS.get(res["arm"]))
-        rows = res["rows"]
+        rows = complete(res["rows"])
         axes[1].plot(
             [r["t"] for r in rows],
             [sum(r["running"]) for r in rows],
@@ -431,11 +446,11 @@ def plot_floor(results: list[dict], floor: float, path: Path, title: str) -> Non
 
 # -- the scenarios ---------------------------------------------------------------------------------
 def s1_classes() -> list[TrafficClass]:
-    # Capacity estimate at batch 16: 3.25 ms of engine time per output token + 0.2 ms per prompt token
-    # → interactive ~0.17 s, batch ~0.64 s of engine time per request. 2.0·0.17 + 2.6·0.64 ≈ 2.0 = 2x.
+    # Capacity estimate at batch 16: 6.5 ms of engine time per output token + 0.4 ms per prompt token
+    # → interactive ~0.33 s, batch ~1.28 s of engine time per request. 1.0·0.33 + 1.3·1.28 ≈ 2.0 = 2x.
     return [
-        TrafficClass("interactive", 2.0, (50, 300), (16, 64), vllm_priority=0, llmd_priority=8, threshold=200),
-        TrafficClass("batch", 2.6, (200, 1000), (64, 256), vllm_priority=1, llmd_priority=1, threshold=16),
+        TrafficClass("interactive", 1.0, (50, 300), (16, 64), vllm_priority=0, llmd_priority=8, threshold=200),
+        TrafficClass("batch", 1.3, (200, 1000), (64, 256), vllm_priority=1, llmd_priority=1, threshold=16),
     ]
 
 
@@ -459,9 +474,9 @@ def scenario1(a, workdir: str, img: Path) -> dict:
 
 
 def scenario2(a, workdir: str, img: Path) -> dict:
-    # ~0.55 s of engine time per request at batch 16 → capacity ~1.8 req/s; offered 2.4 req/s (1.3x).
+    # ~1.1 s of engine time per request at batch 16 → capacity ~0.9 req/s; offered 1.2 req/s (1.3x).
     def classes() -> list[TrafficClass]:
-        return [TrafficClass("mixed", 2.4, (50, 1000), (16, 256), llmd_priority=5, threshold=100000)]
+        return [TrafficClass("mixed", 1.2, (50, 1000), (16, 256), llmd_priority=5, threshold=100000)]
 
     results = [run_arm(arm, classes(), a.duration, a.seed, workdir) for arm in three_arms([SIM])]
     plot_goodput(results, img / "scenario2-goodput.png", "Scenario 2: goodput at saturation (1.3x, simulator)")
@@ -477,12 +492,15 @@ def scenario2(a, workdir: str, img: Path) -> dict:
 
 
 def scenario3(a, workdir: str, img: Path) -> dict:
-    # r0 slow (SIM_SLOW, ~150 tok/s), r1 fast (SIM, ~300 tok/s). ~0.29 s of fast-engine time per request
-    # → capacity ~3.4 + 1.7 req/s; offered 6.2 req/s (1.2x). Straight to vLLM = client round robin.
+    # r0 slow (SIM_SLOW, ~77 tok/s), r1 fast (SIM, ~150 tok/s). ~0.58 s of fast-engine time per request
+    # → capacity ~1.7 + 0.86 req/s; offered 3.1 req/s (1.2x). Straight to vLLM = client round robin.
     def classes() -> list[TrafficClass]:
-        return [TrafficClass("mixed", 6.2, (50, 500), (16, 128), llmd_priority=5, threshold=100000)]
+        return [TrafficClass("mixed", 3.1, (50, 500), (16, 128), llmd_priority=5, threshold=100000)]
 
-    results = [run_arm(arm, classes(), a.duration, a.seed, workdir) for arm in three_arms([SIM_SLOW, SIM])]
+    results = [
+        run_arm(arm, classes(), a.duration, a.seed, workdir, sample_period=0.1, sample_tickets=True)
+        for arm in three_arms([SIM_SLOW, SIM])
+    ]
     plot_replicas(
         results,
         img / "scenario3-replicas.png",
@@ -515,8 +533,8 @@ def scenario4(a, workdir: str, img: Path) -> dict:
     floor = a.floor
 
     def classes() -> list[TrafficClass]:
-        # ~0.24 s of engine time per request at batch 16 → ~4 req/s; offered 6 req/s (1.5x).
-        return [TrafficClass("mixed", 6.0, (50, 400), (16, 128), llmd_priority=5, threshold=a.floor_threshold)]
+        # ~0.48 s of engine time per request at batch 16 → ~2 req/s; offered 3 req/s (1.5x).
+        return [TrafficClass("mixed", 3.0, (50, 400), (16, 128), llmd_priority=5, threshold=a.floor_threshold)]
 
     arms = three_arms([SIM], {"LLMD_MIN_TOKENS_PER_SECOND_PER_USER": str(floor)})
     results = [run_arm(arm, classes(), a.duration, a.seed, workdir) for arm in arms]
@@ -569,19 +587,30 @@ SCENARIOS = {"1": scenario1, "2": scenario2, "3": scenario3, "4": scenario4, "5"
 
 
 def main() -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the started processes on the way out
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("scenarios", nargs="*", default=["1", "2", "3", "4"], help="any of 1 2 3 4 5")
-    ap.add_argument("--duration", type=float, default=40, help="arrival window per arm (s)")
-    ap.add_argument("--idle-duration", type=float, default=20, help="scenario 1's idle reference run (s)")
+    ap.add_argument("--duration", type=float, default=45, help="arrival window per arm (s)")
+    ap.add_argument("--idle-duration", type=float, default=30, help="scenario 1's idle reference run (s)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--floor", type=float, default=25.0, help="scenario 4: minTokensPerSecondPerUser")
+    ap.add_argument("--floor", type=float, default=12.0, help="scenario 4: minTokensPerSecondPerUser")
     ap.add_argument("--floor-threshold", type=int, default=20, help="scenario 4: the token's queue threshold")
     ap.add_argument("--real-duration", type=float, default=60)
     ap.add_argument("--real-rate-i", type=float, default=0.3)
-    ap.add_argument("--real-rate-b", type=float, default=0.4)
+    ap.add_argument("--real-rate-b", type=float, default=1.0)
     ap.add_argument("--img", default="docs/img")
     ap.add_argument("--json", help="write every record and sample here")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="LLMD_X=V",
+        help="override a consumer setting of the dispatcher arms (repeatable)",
+    )
     args = ap.parse_args()
+    for kv in args.set:
+        k, _, v = kv.partition("=")
+        CONSUMER[k] = v
     img = Path(args.img)
     img.mkdir(parents=True, exist_ok=True)
     workdir = tempfile.mkdtemp(prefix="llmd-scen-")
