@@ -596,8 +596,8 @@ def main() -> int:
     ap.add_argument("--floor", type=float, default=12.0, help="scenario 4: minTokensPerSecondPerUser")
     ap.add_argument("--floor-threshold", type=int, default=20, help="scenario 4: the token's queue threshold")
     ap.add_argument("--real-duration", type=float, default=60)
-    ap.add_argument("--real-rate-i", type=float, default=0.3)
-    ap.add_argument("--real-rate-b", type=float, default=1.0)
+    ap.add_argument("--real-rate-i", type=float, default=0.2)
+    ap.add_argument("--real-rate-b", type=float, default=0.3)
     ap.add_argument("--img", default="docs/img")
     ap.add_argument("--json", help="write every record and sample here")
     ap.add_argument(
