@@ -50,6 +50,17 @@ def wrk(url: str, token: str | None, concurrency: int, duration: float, workdir:
             "non2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(0) if errors else ""}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def broker_pid() -> int | None:
+    out = subprocess.run(["pgrep", "-f", "beam.smp"], capture_output=True, text=True).stdout.split()
+    return int(out[0]) if out else None
+
+
 def sender_means(url: str) -> dict[str, tuple[float, float]]:
     """(sum, count) of the sender's own latency histograms, to split the added time."""
     import urllib.request
@@ -92,14 +103,21 @@ def main() -> int:
         via_url = stack.url + "/v1/chat/completions"
         wrk(via_url, token, 16, 2, workdir)  # warm-up: caches, pools, JIT-free but page cache and queues
         wrk(direct_url, None, 16, 2, workdir)
+        pids = {"sender": stack.sender.pid, "consumer": stack.consumers[0].pid, "simulator": stack.procs[0].pid}
+        if (beam := broker_pid()) is not None:
+            pids["rabbitmq"] = beam
         results: dict[int, dict[str, list[dict]]] = {}
         for c in levels:
             results[c] = {"direct": [], "dispatcher": []}
             for _ in range(args.rounds):
                 results[c]["direct"].append(wrk(direct_url, None, c, args.duration, workdir))
                 before = sender_means(stack.url)
+                cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
                 run = wrk(via_url, token, c, args.duration, workdir)
+                cpu1 = {k: cpu_seconds(p) for k, p in pids.items()}
                 after = sender_means(stack.url)
+                served = run["rps"] * round(args.duration)
+                run["cpu_ms_per_request"] = {k: (cpu1[k] - cpu0[k]) / served * 1000 for k in pids}
                 run["mean_queue_wait_ms"] = delta_ms(before, after, "llmd_queue_wait_seconds")
                 run["mean_ttfb_ms"] = delta_ms(before, after, "llmd_time_to_first_byte_seconds")
                 run["mean_in_sender_ms"] = delta_ms(before, after, "llmd_request_duration_seconds")
@@ -120,6 +138,13 @@ def main() -> int:
               f"{v['p99_ms'] - d['p99_ms']:+.2f} ms | {errors} | "
               f"{statistics.median(r['mean_queue_wait_ms'] for r in runs['dispatcher']):.2f} ms | "
               f"{statistics.median(r['mean_ttfb_ms'] for r in runs['dispatcher']):.2f} ms |")
+    print("\nCPU time per request through the dispatcher (median of rounds), by process:\n")
+    names = list(next(iter(results.values()))["dispatcher"][0]["cpu_ms_per_request"])
+    print("| concurrency | " + " | ".join(names) + " | total |")
+    print("|---:|" + "---:|" * (len(names) + 1))
+    for c, runs in results.items():
+        per = {n: statistics.median(r["cpu_ms_per_request"][n] for r in runs["dispatcher"]) for n in names}
+        print(f"| {c} | " + " | ".join(f"{per[n]:.2f} ms" for n in names) + f" | {sum(per.values()):.2f} ms |")
     return 0
 
 
