@@ -96,17 +96,17 @@ async def test_a_ticket_is_not_parked_at_a_busy_replica(stack_factory):
 async def test_the_faster_replica_serves_more_requests_under_load(stack_factory):
     s = stack_factory(queue_timeout_s=20.0)
     slow = s.add_consumer(
-        MODEL, s.add_sim(model=MODEL, itl_base=0.02, max_num_seqs=4), max_concurrency=4, replica_id="slow"
+        MODEL, s.add_sim(model=MODEL, itl_base=0.04, max_num_seqs=4), max_concurrency=4, replica_id="slow"
     )
     fast = s.add_consumer(
-        MODEL, s.add_sim(model=MODEL, itl_base=0.01, max_num_seqs=4), max_concurrency=4, replica_id="fast"
+        MODEL, s.add_sim(model=MODEL, itl_base=0.02, max_num_seqs=4), max_concurrency=4, replica_id="fast"
     )
     token = s.create_token("t", priority=5, threshold=1000)
     s.wait_models({MODEL}, token)
     await asyncio.sleep(0.3)  # both replicas announced and pulling
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=100)) as client:
         rs = await asyncio.gather(
-            *(client.post(s.base_url + "/chat/completions", json=body(10), headers=auth(token)) for _ in range(60))
+            *(client.post(s.base_url + "/chat/completions", json=body(8), headers=auth(token)) for _ in range(60))
         )
     assert all(r.status_code == 200 for r in rs)
     n_fast, n_slow = grants(fast), grants(slow)
