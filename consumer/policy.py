@@ -14,6 +14,7 @@ class Reason(StrEnum):
     VLLM_WAITING = "vllm_waiting"
     KV_CACHE_FULL = "kv_cache_full"
     SLOW_TOKENS = "slow_tokens_per_user"
+    RESERVED = "reserved_for_high_priority"
     DRAINING = "draining"
 
 
@@ -23,6 +24,8 @@ class Limits:
     max_waiting: float = 0
     max_kv_cache_usage: float = 0.95
     min_tokens_per_second_per_user: float = 0
+    reserved_slots: int = 0  # the last slots below max_concurrency only take tickets of ...
+    reserved_min_priority: int = 0  # ... at least this priority
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +46,20 @@ class Decision:
     reason: Reason
 
 
-def decide(s: Snapshot, limits: Limits) -> Decision:
+def decide(s: Snapshot, limits: Limits, priority: int | None = None) -> Decision:
+    """May the replica take one more ticket (of `priority`; None: of the highest priority)?"""
     if s.draining:
         return Decision(False, Reason.DRAINING)
     if not s.healthy:
         return Decision(False, Reason.UNHEALTHY)
     if s.in_flight >= limits.max_concurrency:
         return Decision(False, Reason.AT_MAX_CONCURRENCY)
+    if (
+        priority is not None
+        and priority < limits.reserved_min_priority
+        and s.in_flight >= limits.max_concurrency - limits.reserved_slots
+    ):
+        return Decision(False, Reason.RESERVED)
     if not s.metrics_fresh:
         return Decision(True, Reason.ADMIT_METRICS_STALE)
     # An idle replica always takes work: the gate must never leave the engine empty while tickets wait.
@@ -60,7 +70,9 @@ def decide(s: Snapshot, limits: Limits) -> Decision:
     if s.kv_cache_usage is not None and s.kv_cache_usage >= limits.max_kv_cache_usage:
         return Decision(False, Reason.KV_CACHE_FULL)
     floor = limits.min_tokens_per_second_per_user
-    if floor > 0 and s.running and s.tokens_per_second is not None:
-        if s.tokens_per_second / s.running < floor:
+    # vLLM's `running` lags our grants by up to a scrape: count what we granted since as running too.
+    users = max(s.running or 0.0, float(s.in_flight))
+    if floor > 0 and users and s.tokens_per_second is not None:
+        if s.tokens_per_second / users < floor:
             return Decision(False, Reason.SLOW_TOKENS)
     return Decision(True, Reason.ADMIT)

@@ -42,7 +42,10 @@ class Consumer:
             max_waiting=settings.max_waiting,
             max_kv_cache_usage=settings.max_kv_cache_usage,
             min_tokens_per_second_per_user=settings.min_tokens_per_second_per_user,
+            reserved_slots=settings.reserved_slots,
+            reserved_min_priority=settings.reserved_min_priority,
         )
+        self._hold_until = 0.0  # a low ticket at the head was refused for the reserve: look again then
         self.leases = LeaseTable(settings.lease_ttl_s)
         self.watcher = VllmWatcher(
             settings.vllm_url,
@@ -87,8 +90,18 @@ class Consumer:
             draining=self.draining,
         )
 
-    def decide(self) -> Decision:
-        return decide(self.snapshot(), self.limits)
+    def decide(self, priority: int | None = None) -> Decision:
+        return decide(self.snapshot(), self.limits, priority)
+
+    def _holding_for_reserve(self) -> bool:
+        """In the reserved slots, after the head of the queue was a low ticket: wait a moment before
+        looking at the head again (a high ticket may arrive), instead of fetching the same one in a loop."""
+        lim = self.limits
+        return (
+            lim.reserved_slots > 0
+            and self.in_flight >= lim.max_concurrency - lim.reserved_slots
+            and time.monotonic() < self._hold_until
+        )
 
     def poke(self) -> None:
         """Something changed (release, scrape, health): re-run the gate soon."""
@@ -168,7 +181,7 @@ class Consumer:
             self._gate_wakeup.clear()
             decision = self.decide()
             try:
-                await self._set_pulling(decision.admit and self.connected)
+                await self._set_pulling(decision.admit and self.connected and not self._holding_for_reserve())
             except Exception as exc:  # broker away: the next poke (at least every scrape) retries
                 log.warning("gate could not %s: %r", "subscribe" if decision.admit else "cancel", exc)
                 await asyncio.sleep(self.settings.scrape_interval_s)
@@ -214,8 +227,12 @@ class Consumer:
             m.dropped.labels(*lab, "expired").inc()
             await channel.basic_ack(tag)
             return
-        decision = self.decide()
+        decision = self.decide(ticket.priority)
         m.decisions.labels(*lab, decision.reason.value).inc()
+        if decision.reason is Reason.RESERVED:
+            recheck = min(0.2, self.settings.scrape_interval_s)
+            self._hold_until = time.monotonic() + recheck
+            asyncio.get_running_loop().call_later(recheck, self.poke)
         if not decision.admit:
             # Stop the broker pushing more, then hand this one back: it keeps its place in the queue.
             await self._set_pulling(False)

@@ -20,6 +20,13 @@ class ConsumerSettings(CommonSettings):
     min_tokens_per_second_per_user: float = Field(
         0, ge=0, description="Pull only while tokens/s per running request stays at or above (0: off)"
     )
+    reserved_slots: int = Field(
+        0,
+        ge=0,
+        description="The last N slots below max_concurrency take only tickets of reserved_min_priority or more "
+        "(N >= max_concurrency: a replica for high priority only)",
+    )
+    reserved_min_priority: int = Field(7, ge=0, description="Lowest ticket priority that may use the reserved slots")
     prefetch: int = Field(8, ge=1, description="Tickets the broker may push before an ack, at most the free room")
     scrape_interval_s: float = Field(0.5, gt=0, description="How often vLLM /metrics and /health are read")
     metrics_stale_after_s: float = Field(5.0, gt=0, description="Older metrics are ignored (in-flight cap only)")

@@ -65,3 +65,25 @@ def test_waiting_bound_allows_a_small_vllm_queue():
     limits = Limits(max_concurrency=4, max_waiting=2)
     assert decide(snap(waiting=2), limits).admit
     assert not decide(snap(waiting=3), limits).admit
+
+
+def test_speed_floor_counts_grants_vllm_has_not_reported_yet():
+    # vLLM still says 2 running, but 8 are granted: 50 tokens/s over 8 users is under the floor of 10.
+    assert decide(snap(running=2, in_flight=8, tokens_per_second=50.0), Limits(max_concurrency=16,
+                  min_tokens_per_second_per_user=10)).reason is Reason.SLOW_TOKENS
+
+
+RESERVE = Limits(max_concurrency=8, reserved_slots=2, reserved_min_priority=7)
+
+
+def test_reserved_slots_take_only_high_priority_tickets():
+    low, high = 3, 8
+    assert decide(snap(in_flight=5), RESERVE, priority=low).admit  # below the reserve: anyone
+    assert decide(snap(in_flight=6), RESERVE, priority=low).reason is Reason.RESERVED
+    assert decide(snap(in_flight=6), RESERVE, priority=high).admit
+    assert decide(snap(in_flight=7), RESERVE, priority=7).admit
+    assert decide(snap(in_flight=8), RESERVE, priority=high).reason is Reason.AT_MAX_CONCURRENCY
+
+
+def test_without_a_ticket_the_gate_asks_whether_any_ticket_could_be_taken():
+    assert decide(snap(in_flight=7), RESERVE).admit

@@ -208,3 +208,30 @@ async def test_an_expired_ticket_is_dropped_by_the_consumer_not_granted(stack_fa
             await asyncio.sleep(0.02)
         assert await replies.get(fail=False) is None  # no grant was sent
     assert s.consumer.in_flight == 0
+
+
+async def test_reserved_slots_keep_room_for_high_priority_while_low_priority_waits(stack_factory):
+    s = stack_factory(queue_timeout_s=20.0)
+    sim = s.add_sim(model=MODEL, itl_base=0.02)
+    s.consumer = s.add_consumer(MODEL, sim, max_concurrency=2, reserved_slots=1, reserved_min_priority=7)
+    low = s.create_token("low", priority=1, threshold=100)
+    high = s.create_token("high", priority=9, threshold=100)
+    s.wait_models({MODEL}, low)
+    async with httpx.AsyncClient(timeout=30) as client:
+        rec = Recorder(s, client)
+        blocker = rec.start("blocker", low, max_tokens=60)  # ~1.2 s in the one unreserved slot
+        await wait_in_flight(s, 1)
+        waiting_low = rec.start("low", low)
+        await wait_depth(s, 1)
+        await asyncio.sleep(0.3)
+        assert s.consumer.in_flight == 1  # the reserved slot stays free for the low ticket
+        t0 = time.monotonic()
+        r = await client.post(s.base_url + "/chat/completions", json=body(), headers=auth(high))
+        high_took = time.monotonic() - t0
+        rec.order.append("high")
+        await asyncio.gather(blocker, waiting_low)
+    assert r.status_code == 200
+    assert high_took < 0.8  # served in the reserved slot while the blocker still runs
+    assert rec.order == ["high", "blocker", "low"]
+    assert consumer_sample(s, "llmd_consumer_admission_decisions_total", reason="reserved_for_high_priority") >= 1
+    s.wait_idle()
