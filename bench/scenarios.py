@@ -348,6 +348,10 @@ def plot_priority(results: list[dict], idle: dict | None, path: Path, title: str
     ax.set_title("interactive TTFT over the run")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    _save(plt, fig, path, title)
+
+
+def _save(plt, fig, path: Path, title: str) -> None:
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -377,10 +381,7 @@ def plot_goodput(results: list[dict], path: Path, title: str) -> None:
         ax.set_xlabel("time (s)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(plt, fig, path, title)
 
 
 def plot_replicas(results: list[dict], path: Path, title: str, names: list[str]) -> None:
@@ -408,10 +409,7 @@ def plot_replicas(results: list[dict], path: Path, title: str, names: list[str])
     ax.set_xticks(x, [r["arm"] for r in results], fontsize=8)
     ax.set_title("completed requests per replica")
     ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(plt, fig, path, title)
 
 
 def plot_floor(results: list[dict], floor: float, path: Path, title: str) -> None:
@@ -438,10 +436,7 @@ def plot_floor(results: list[dict], floor: float, path: Path, title: str) -> Non
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(plt, fig, path, title)
 
 
 # -- the scenarios ---------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import orjson
 
@@ -51,12 +51,21 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _dump(obj: Any) -> bytes:
-    return orjson.dumps(obj)  # orjson serialises dataclasses natively (and fast)
+class _Json:
+    """dumps/loads for the message dataclasses below (orjson serialises dataclasses natively)."""
+
+    __slots__ = ()
+
+    def dumps(self) -> bytes:
+        return orjson.dumps(self)
+
+    @classmethod
+    def loads(cls, body: bytes) -> Self:
+        return cls(**orjson.loads(body))
 
 
 @dataclass(slots=True)
-class Ticket:
+class Ticket(_Json):
     """A request waiting for a replica. `deadline_ms` is absolute (epoch ms): never grant after it."""
 
     id: str
@@ -65,19 +74,13 @@ class Ticket:
     deadline_ms: int
     request_id: str = ""
 
-    def dumps(self) -> bytes:
-        return _dump(self)
-
-    @classmethod
-    def loads(cls, body: bytes) -> Ticket:
-        return cls(**orjson.loads(body))
 
     def expired(self, at_ms: int | None = None) -> bool:
         return (now_ms() if at_ms is None else at_ms) >= self.deadline_ms
 
 
 @dataclass(slots=True)
-class Grant:
+class Grant(_Json):
     """A replica's answer to a ticket: where to send the request and how to give the slot back."""
 
     ticket_id: str
@@ -88,56 +91,32 @@ class Grant:
     forward_priority: bool = False
     lease_ttl_s: float = 0.0  # > 0: the holder renews the lease before this runs out
 
-    def dumps(self) -> bytes:
-        return _dump(self)
-
-    @classmethod
-    def loads(cls, body: bytes) -> Grant:
-        return cls(**orjson.loads(body))
 
 
 @dataclass(slots=True)
-class Release:
+class Release(_Json):
     lease_id: str
     status: int = 0
     reason: str = "done"
 
-    def dumps(self) -> bytes:
-        return _dump(self)
-
-    @classmethod
-    def loads(cls, body: bytes) -> Release:
-        return cls(**orjson.loads(body))
 
 
 @dataclass(slots=True)
-class Renew:
+class Renew(_Json):
     """Leases still in use (long streams): the consumer pushes their expiry back."""
 
     lease_ids: list[str]
 
-    def dumps(self) -> bytes:
-        return _dump(self)
-
-    @classmethod
-    def loads(cls, body: bytes) -> Renew:
-        return cls(**orjson.loads(body))
 
 
 @dataclass(slots=True)
-class Cancel:
+class Cancel(_Json):
     ticket_ids: list[str]
 
-    def dumps(self) -> bytes:
-        return _dump(self)
-
-    @classmethod
-    def loads(cls, body: bytes) -> Cancel:
-        return cls(**orjson.loads(body))
 
 
 @dataclass(slots=True)
-class Heartbeat:
+class Heartbeat(_Json):
     model: str
     replica: str
     url: str
@@ -150,9 +129,6 @@ class Heartbeat:
     running: float | None = None
     waiting: float | None = None
     kv_cache_usage: float | None = None
-
-    def dumps(self) -> bytes:
-        return _dump(self)
 
     @classmethod
     def loads(cls, body: bytes) -> Heartbeat:

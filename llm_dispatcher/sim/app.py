@@ -582,15 +582,22 @@ class SimApp:
             raise param_error("Either prompt or prompt_embeds must be provided and non-empty.", "prompt")
         raise bad_request("prompt must be a string, a list of token ids, or a list of one of those.", "prompt")
 
+    async def _admit_request(self, scope: Scope, send: Send) -> bool:
+        """The checks every inference route makes first: API key (401 sent here, False), engine
+        available (raises its ApiError)."""
+        if self._auth_error(scope):
+            await self._send_json(send, 401, b'{"error":"Unauthorized"}')
+            return False
+        unavailable = self._unavailable()
+        if unavailable is not None:
+            raise unavailable
+        return True
+
     async def _generate(self, scope: Scope, receive: Receive, send: Send, kind: str) -> None:
         request_id, extra_headers = self._request_id(scope)
         try:
-            if self._auth_error(scope):
-                await self._send_json(send, 401, b'{"error":"Unauthorized"}')
+            if not await self._admit_request(scope, send):
                 return
-            unavailable = self._unavailable()
-            if unavailable is not None:
-                raise unavailable
             job = self._parse_job(kind, await self._read_json(receive), request_id)
             cfg = self.config
             if cfg.failure_rate and self._fault_rng.random() < cfg.failure_rate:
@@ -990,12 +997,8 @@ class SimApp:
     async def _embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id, headers = self._request_id(scope)
         try:
-            if self._auth_error(scope):
-                await self._send_json(send, 401, b'{"error":"Unauthorized"}')
+            if not await self._admit_request(scope, send):
                 return
-            unavailable = self._unavailable()
-            if unavailable is not None:
-                raise unavailable
             body = await self._read_json(receive)
             model = self._check_model(body)
             inputs = body.get("input")
