@@ -216,6 +216,7 @@ class ProxyEndpoint:
             # upstream request is aborted (vLLM stops generating) and the lease released.
             watcher = DisconnectWatcher(receive, task)
             grant = await ctx.dispatcher.acquire(model, priority, request_id)
+            ctx.metrics.in_flight.labels(model).inc()
             queue_wait = time.perf_counter() - started
             ctx.metrics.queue_wait.labels(model, str(priority)).observe(queue_wait)
             status, ttfb, usage = await self._relay(ctx, scope, send, body, payload, grant, priority, started)
@@ -245,6 +246,7 @@ class ProxyEndpoint:
             if model:
                 ctx.metrics.requests.labels(model, str(priority), str(status)).inc()
             if grant is not None:
+                ctx.metrics.in_flight.labels(model).dec()
                 ctx.metrics.proxy_latency.labels(model).observe(total)
                 if usage[0] is not None:
                     ctx.metrics.tokens.labels(model, "prompt").inc(usage[0])
@@ -378,6 +380,8 @@ def create_app(settings: SenderSettings | None = None) -> FastAPI:
         await dispatcher.start()
         usage = UsageWriter(store, flush_interval_s=settings.usage_flush_interval_s)
         usage.start()
+        metrics.usage_dropped.set_function(lambda: usage.dropped)
+        metrics.usage_pending.set_function(lambda: usage.pending)
         ctx = SenderContext(
             settings=settings,
             metrics=metrics,

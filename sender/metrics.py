@@ -46,4 +46,7 @@ class SenderMetrics:
             "llmd_replica_capacity", "Max concurrency per replica (heartbeats)", ("model", "replica"), registry=r
         )
         self.replicas_live = Gauge("llmd_replicas_live", "Ready replicas per model", ("model",), registry=r)
-        self.usage_dropped = Counter("llmd_usage_records_dropped", "Usage records not written", registry=r)
+        self.usage_dropped = Gauge(
+            "llmd_usage_records_dropped", "Usage records dropped since start (writer queue full)", registry=r
+        )
+        self.usage_pending = Gauge("llmd_usage_records_pending", "Usage records waiting to be written", registry=r)

@@ -129,6 +129,8 @@ def test_sender_metrics_count_requests_tokens_and_latencies(stack):
     assert samples[("llmd_tokens_total", (("kind", "completion"), ("model", "sim-model")))] == 2
     assert samples[("llmd_queue_wait_seconds_count", (("model", "sim-model"), ("priority", "5")))] == 1
     assert samples[("llmd_time_to_first_byte_seconds_count", (("model", "sim-model"),))] == 1
+    assert samples[("llmd_in_flight", (("model", "sim-model"),))] == 0  # went up and back down
+    assert samples[("llmd_usage_records_dropped", ())] == 0
 
 
 def test_liveness_and_readiness(stack):
