@@ -529,7 +529,7 @@ async def test_metrics_count_generated_tokens(http: httpx.AsyncClient, upstream:
     assert r.status_code == 200
     usage = r.json()["usage"]
     after = _samples((await http.get("/metrics")).text)
-    # Other tests may run against the same server concurrently (another session), hence >=.
+    # Other tests may run against the same server concurrently (another test run), hence >=.
     gen = _value(after, "vllm:generation_tokens_total", **want) - _value(before, "vllm:generation_tokens_total", **want)
     prm = _value(after, "vllm:prompt_tokens_total", **want) - _value(before, "vllm:prompt_tokens_total", **want)
     assert gen >= usage["completion_tokens"]
