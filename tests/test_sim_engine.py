@@ -195,7 +195,7 @@ async def test_zero_delay_mode_answers_at_once_and_still_counts_metrics(sim_fact
 async def test_n_sequences_count_as_n_running_sequences_and_every_token_counts(sim_factory):
     sim = sim_factory(max_num_seqs=4, itl_base=0.02)
     async with httpx.AsyncClient(base_url=sim.url) as client:
-        body = {**CHAT, "max_tokens": 10, "n": 3}
+        body = {**CHAT, "max_tokens": 50, "n": 3}  # ~1 s: still running when the second request joins
         many = asyncio.create_task(client.post("/v1/chat/completions", json=body, headers={"X-Request-Id": "m"}))
         await wait_for(lambda: len(sim.app.engine.running) == 3)
         stats = (await client.get("/sim/stats")).json()
@@ -207,8 +207,8 @@ async def test_n_sequences_count_as_n_running_sequences_and_every_token_counts(s
         await wait_for(lambda: len(sim.app.engine.running) == 4 and sim.app.engine.num_waiting() == 1)
         assert value(sim.url, "vllm:kv_cache_usage_perc") > kv_three
         replies = await asyncio.gather(many, other)
-    assert [r.json()["usage"]["completion_tokens"] for r in replies] == [30, 20]
-    assert value(sim.url, "vllm:generation_tokens_total") == 50
+    assert [r.json()["usage"]["completion_tokens"] for r in replies] == [150, 100]
+    assert value(sim.url, "vllm:generation_tokens_total") == 250
     assert value(sim.url, "vllm:request_success_total", finished_reason="length") == 5
     assert value(sim.url, "vllm:kv_cache_usage_perc") == 0
 
