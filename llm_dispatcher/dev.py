@@ -8,13 +8,13 @@ all, gracefully.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
-from llm_dispatcher.localstack import wait_http
+from llm_dispatcher.localstack import Stack
 from llm_dispatcher.settings import DEFAULT_DATABASE_URL
 
 
@@ -38,37 +38,30 @@ def _terminate(_signum, _frame) -> None:
 
 def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _terminate)  # stop the children on SIGTERM as on Ctrl-C
-    exe = [sys.executable, "-m", "llm_dispatcher"]
     env = {**os.environ, "LLMD_LOG_FORMAT": os.environ.get("LLMD_LOG_FORMAT", "text")}
     env.setdefault("LLMD_DATABASE_URL", DEFAULT_DATABASE_URL)
     os.makedirs("data", exist_ok=True)
-    procs: list[subprocess.Popen] = []
     upstreams = []
     for item in args.upstream:
         model, sep, url = item.partition("=")
         if not sep or not model or not url:
             raise SystemExit(f"--upstream wants MODEL=URL, got {item!r}")
         upstreams.append((model, url))
+    stack = Stack("data", model=args.sim_model, env=env)
     try:
         if not upstreams:
-            procs.append(subprocess.Popen(
-                [*exe, "sim", "--port", str(args.sim_port), "--served-model-name", args.sim_model,
-                 "--max-num-seqs", "16", "--itl-base", "0.01", "--itl-per-seq", "0.001"], env=env))
-            upstreams.append((args.sim_model, f"http://127.0.0.1:{args.sim_port}"))
-            wait_http(f"http://127.0.0.1:{args.sim_port}/health", procs, 30)
+            url = stack.start_sim(["--max-num-seqs", "16", "--itl-base", "0.01", "--itl-per-seq", "0.001"],
+                                  port=args.sim_port)
+            upstreams.append((args.sim_model, url))
         models = sorted({m for m, _ in upstreams})
         for i, (model, url) in enumerate(upstreams):
-            procs.append(subprocess.Popen([*exe, "consumer"], env={
-                **env, "LLMD_MODEL": model, "LLMD_VLLM_URL": url, "LLMD_PORT": str(args.consumer_port + i),
-                "LLMD_HOST": "127.0.0.1", "LLMD_REPLICA_ID": f"{model}-{i}"}))
-        procs.append(subprocess.Popen([*exe, "sender"], env={
-            **env, "LLMD_PORT": str(args.port), "LLMD_MODELS": __import__("json").dumps(models)}))
-        wait_http(f"http://127.0.0.1:{args.port}/readyz", procs, 60)
+            stack.start_consumer(url, model=model, port=args.consumer_port + i, LLMD_REPLICA_ID=f"{model}-{i}")
+        stack.start_sender(port=args.port, LLMD_MODELS=json.dumps(models))
         model = models[0]
-        base = f"http://127.0.0.1:{args.port}/v1"
+        base = f"{stack.url}/v1"
         print(f"""
 llm-dispatcher is running: {base}  (models: {", ".join(models)})
-  metrics: http://127.0.0.1:{args.port}/metrics   consumers: http://127.0.0.1:{args.consumer_port}/metrics
+  metrics: {stack.url}/metrics   consumers: http://127.0.0.1:{args.consumer_port}/metrics
 
 Create a token (in another shell, from this directory):
   export TOKEN=$(.venv/bin/llm-dispatcher tokens create demo-$RANDOM --priority 5 --threshold 50 --quiet)
@@ -83,7 +76,7 @@ print(c.chat.completions.create(model="{model}", messages=[{{"role": "user", "co
 
 Ctrl-C stops everything.
 """, flush=True)
-        while all(p.poll() is None for p in procs):
+        while all(p.poll() is None for p in stack.procs):
             time.sleep(0.5)
         print("a process exited; stopping the stack", file=sys.stderr)
         return 1
@@ -93,11 +86,4 @@ Ctrl-C stops everything.
             return 1
         return 0
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=35)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stack.stop(grace_s=35)

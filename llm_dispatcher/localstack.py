@@ -5,6 +5,7 @@ Used by `llm-dispatcher dev`, the benchmarks and the process-level tests."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -44,13 +45,17 @@ class Stack:
     `start()` starts that; `start_sim` / `start_consumer` / `start_sender` build other shapes."""
 
     def __init__(self, workdir: str, sims: list[list[str]] | None = None, model: str = "bench-model",
-                 consumer_env: dict | None = None, sender_env: dict | None = None):
+                 consumer_env: dict | None = None, sender_env: dict | None = None, env: dict | None = None):
+        """`env`: the environment of every process; default: this one, isolated by a fresh queue prefix
+        and a token database under `workdir`, quiet logs."""
         self.workdir = workdir
         self.model = model
-        self.prefix = f"bench.{uuid.uuid4().hex[:8]}"
-        self.db = f"sqlite+aiosqlite:///{workdir}/bench-{self.prefix}.db"
-        self.env = {**os.environ, "LLMD_QUEUE_PREFIX": self.prefix, "LLMD_DATABASE_URL": self.db,
-                    "LLMD_LOG_LEVEL": "WARNING", "LLMD_LOG_FORMAT": "text"}
+        if env is None:
+            prefix = f"bench.{uuid.uuid4().hex[:8]}"
+            env = {**os.environ, "LLMD_QUEUE_PREFIX": prefix,
+                   "LLMD_DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/bench-{prefix}.db",
+                   "LLMD_LOG_LEVEL": "WARNING", "LLMD_LOG_FORMAT": "text", "LLMD_TOKEN_CACHE_TTL_S": "60"}
+        self.env = env
         self.sim_args = sims or []
         self.consumer_env = consumer_env or {}
         self.sender_env = sender_env or {}
@@ -64,8 +69,8 @@ class Stack:
         self.start_sender()
         return self
 
-    def start_sim(self, args: list[str]) -> str:
-        port = free_port()
+    def start_sim(self, args: list[str], port: int | None = None) -> str:
+        port = port or free_port()
         self.procs.append(subprocess.Popen(
             [*EXE, "sim", "--port", str(port), "--served-model-name", self.model, *args], env=self.env))
         url = f"http://127.0.0.1:{port}"
@@ -73,12 +78,13 @@ class Stack:
         self.sim_urls.append(url)
         return url
 
-    def start_consumer(self, vllm_url: str, **env: str) -> subprocess.Popen:
+    def start_consumer(self, vllm_url: str, model: str | None = None, port: int | None = None,
+                       **env: str) -> subprocess.Popen:
         """A consumer process; its /metrics and probes are at `proc.url`."""
-        port = free_port()
+        port = port or free_port()
         n = len(self.consumers)
         proc = subprocess.Popen([*EXE, "consumer"], env={
-            **self.env, "LLMD_MODEL": self.model, "LLMD_VLLM_URL": vllm_url, "LLMD_PORT": str(port),
+            **self.env, "LLMD_MODEL": model or self.model, "LLMD_VLLM_URL": vllm_url, "LLMD_PORT": str(port),
             "LLMD_HOST": "127.0.0.1", "LLMD_REPLICA_ID": f"r{n}", **self.consumer_env, **env})
         proc.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
         self.procs.append(proc)
@@ -86,10 +92,10 @@ class Stack:
         wait_http(proc.url + "/livez", [proc])  # type: ignore[attr-defined]
         return proc
 
-    def start_sender(self, **env: str) -> subprocess.Popen:
-        self.port = free_port()
+    def start_sender(self, port: int | None = None, **env: str) -> subprocess.Popen:
+        self.port = port or free_port()
         self.sender = subprocess.Popen([*EXE, "sender"], env={
-            **self.env, "LLMD_PORT": str(self.port), "LLMD_TOKEN_CACHE_TTL_S": "60", **self.sender_env, **env})
+            **self.env, "LLMD_PORT": str(self.port), **self.sender_env, **env})
         self.procs.append(self.sender)
         self.url = f"http://127.0.0.1:{self.port}"
         wait_http(self.url + "/readyz", self.procs)
@@ -101,9 +107,7 @@ class Stack:
             env=self.env, check=True, capture_output=True, text=True)
         return out.stdout.strip()
 
-    def wait_live(self, token: str, replicas: int = 1, timeout: float = 30) -> None:
-        import json
-
+    def wait_live(self, token: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             req = urllib.request.Request(self.url + "/v1/models", headers={"Authorization": f"Bearer {token}"})
@@ -113,13 +117,14 @@ class Stack:
             time.sleep(0.2)
         raise TimeoutError("model never became live")
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 10) -> None:
+        """SIGTERM to all (the sender first: it drains), then wait; kill what outlives the grace."""
         for p in reversed(self.procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
         for p in self.procs:
             try:
-                p.wait(10)
+                p.wait(grace_s)
             except subprocess.TimeoutExpired:
                 p.kill()
 
