@@ -360,4 +360,4 @@ class Consumer:
         }
 
 
-__all__ = ["Consumer", "Reason"]
+__all__ = ["Consumer"]

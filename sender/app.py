@@ -61,7 +61,6 @@ class SenderContext:
     tokens: TokenCache
     usage: UsageWriter
     session: aiohttp.ClientSession
-    store: Store
     draining: bool = False
     active: set[asyncio.Task] = field(default_factory=set)
 
@@ -390,7 +389,6 @@ def create_app(settings: SenderSettings | None = None) -> FastAPI:
             tokens=TokenCache(store, ttl_s=settings.token_cache_ttl_s),
             usage=usage,
             session=proxy.new_session(settings),
-            store=store,
         )
         holder["ctx"] = ctx
         app.state.ctx = ctx

@@ -34,7 +34,6 @@ class Dispatcher:
         self.metrics = metrics
         self.prefix = settings.queue_prefix
         self._waiting: dict[str, asyncio.Future[Grant]] = {}
-        self._declared: set[str] = set()
         self._depth_calls: dict[str, asyncio.Future[int]] = {}
         self._depth_seen: dict[str, tuple[float, int]] = {}  # model -> (monotonic time, depth)
         self._reply_name = f"{self.prefix}.reply.{uuid.uuid4().hex}"
@@ -78,7 +77,6 @@ class Dispatcher:
         if self.connected:
             log.warning("broker connection lost; waiting requests fail with 503")
         self.connected = False
-        self._declared.clear()
         self._fail_waiting("the message broker connection was lost")
 
     async def _consume_replies(self) -> None:
