@@ -151,14 +151,13 @@ def parse_body(body: bytes) -> dict:
     return payload
 
 
-def requested_priority(headers: list[tuple[bytes, bytes]]) -> int | None:
-    for k, v in headers:
-        if k == PRIORITY_HEADER:
-            try:
-                return int(v)
-            except ValueError:
-                raise InvalidRequestError("X-Priority must be an integer", param="X-Priority") from None
-    return None
+def requested_priority(value: bytes | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidRequestError("X-Priority must be an integer", param="X-Priority") from None
 
 
 # -- the proxied endpoints: every POST /v1/* ------------------------------------------------------
@@ -183,12 +182,14 @@ class ProxyEndpoint:
         ctx.active.add(task)
         watcher: DisconnectWatcher | None = None
         try:
-            auth, declared = None, None
+            auth, declared, wanted_priority = None, None, None
             for k, v in headers:
                 if k == b"authorization":
                     auth = v.decode("latin-1")
                 elif k == b"content-length":
                     declared = int(v) if v.isdigit() else None
+                elif k == PRIORITY_HEADER:
+                    wanted_priority = v
             token = await ctx.tokens.authenticate(auth)
             body = await read_body(receive, ctx.settings.max_body_bytes, declared)
             payload = parse_body(body)
@@ -203,7 +204,7 @@ class ProxyEndpoint:
                 raise NoReplicaError(
                     f"no replica of model '{model}' is live", retry_after=ctx.settings.retry_after_s
                 )
-            priority = clamp_priority(requested_priority(headers), token.priority, ctx.settings.max_priority)
+            priority = clamp_priority(requested_priority(wanted_priority), token.priority, ctx.settings.max_priority)
             depth = await ctx.dispatcher.depth(model, ctx.settings.queue_depth_max_age_s)
             if depth >= token.threshold:
                 raise OverThresholdError(

@@ -172,3 +172,8 @@ def test_a_vllm_that_drops_mid_stream_cuts_the_response_and_the_lease_is_release
     s.wait_idle()
     (record,) = s.usage_rows(1)
     assert record["status"] == 502  # recorded as an upstream failure, not a client disconnect
+
+
+def test_400_for_a_priority_header_that_is_not_an_integer(stack):
+    err = assert_error(post(stack, headers={"x-priority": "high"}), 400, "invalid_request_error")
+    assert err["param"] == "X-Priority"
