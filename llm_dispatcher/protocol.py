@@ -8,18 +8,42 @@ Everything that crosses the broker is JSON (orjson), never pickle.
     sender ──renew──> consumer's control queue          (leases still streaming, every ttl/3)
     sender ──cancel──> fanout "<prefix>.cancel"         (ticket abandoned while queued)
     consumer ──heartbeat──> fanout "<prefix>.heartbeat" (model, replica address, capacity, load)
+
+Compatibility (senders and consumers of different releases run side by side during a rolling
+upgrade, so every message must be readable by the release before and the release after):
+
+- Every message carries `v`, the `PROTOCOL_VERSION` of its writer. A message without `v` comes
+  from a writer older than versioning and reads as version 0. Readers accept every version.
+- Readers ignore fields they do not know, and give a missing optional field its default.
+- So a new field is always optional (it has a default that means "the old behaviour"), and adding
+  one bumps `PROTOCOL_VERSION`. A field is never removed, renamed, made required, or given another
+  type or meaning: an old reader would drop the message. A change that old readers cannot ignore
+  needs a new message type (or queue), not a new field.
+- A body that is not a JSON object, lacks a required field or has a field of the wrong JSON type
+  raises `MalformedMessage` (a ValueError) from `loads`; nothing else escapes it.
+
+History: 0 = unversioned; 1 = `v` added (fields as below).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 import orjson
 
 DEFAULT_PREFIX = "llmd"
 MAX_PRIORITY = 10
+PROTOCOL_VERSION = 1
+UNVERSIONED = 0  # the `v` of a message whose writer predates versioning
+
+
+class MalformedMessage(ValueError):
+    """A broker message that cannot be decoded into its type (see the compatibility rules above)."""
 
 
 def model_queue(prefix: str, model: str) -> str:
@@ -51,21 +75,89 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class _Json:
-    """dumps/loads for the message dataclasses below (orjson serialises dataclasses natively)."""
+# JSON type of each annotation a message field may have: the exact types orjson decodes to.
+_JSON_TYPES: dict[Any, tuple[type, ...]] = {
+    str: (str,),
+    int: (int,),  # not bool: `type(x) in ...` is exact
+    float: (float, int),
+    bool: (bool,),
+    list[str]: (list,),
+}
+
+
+def _json_types(hint: Any) -> tuple[type, ...]:
+    if isinstance(hint, types.UnionType):
+        return tuple(t for arg in typing.get_args(hint) for t in _json_types(arg))
+    if hint is type(None):
+        return (type(None),)
+    return _JSON_TYPES[hint]
+
+
+class _Message:
+    """dumps/loads for the message dataclasses below (orjson serialises dataclasses natively).
+
+    `_fields`, `_required`, `_checks` and `_str_lists` are computed once per class by `@_message`."""
 
     __slots__ = ()
+    _fields: ClassVar[frozenset[str]]
+    _required: ClassVar[frozenset[str]]
+    _checks: ClassVar[dict[str, tuple[type, ...]]]  # field -> the JSON types it accepts
+    _str_lists: ClassVar[frozenset[str]]  # fields whose items must be strings too
 
     def dumps(self) -> bytes:
         return orjson.dumps(self)
 
     @classmethod
-    def loads(cls, body: bytes) -> Self:
-        return cls(**orjson.loads(body))
+    def loads(cls, body: bytes | bytearray | memoryview | str) -> Self:
+        """Tolerant decoding: unknown fields ignored, missing optional ones defaulted; MalformedMessage
+        for anything that is not a message of this type."""
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedMessage(f"{cls.__name__}: not JSON ({exc})") from None
+        if type(data) is not dict:
+            raise MalformedMessage(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
+        if not data.keys() <= cls._fields:  # a newer writer's extra fields
+            data = {k: v for k, v in data.items() if k in cls._fields}
+        checks = cls._checks
+        for name, value in data.items():
+            if type(value) not in checks[name]:
+                raise MalformedMessage(f"{cls.__name__}: field {name!r} has the wrong type: {value!r:.80}")
+        for name in cls._str_lists:
+            if name in data and not all(type(x) is str for x in data[name]):
+                raise MalformedMessage(f"{cls.__name__}: field {name!r} must be a list of strings: {data[name]!r:.80}")
+        if not cls._required <= data.keys():
+            missing = sorted(cls._required - data.keys())
+            raise MalformedMessage(f"{cls.__name__}: missing required fields {missing}")
+        if "v" not in data:
+            data["v"] = UNVERSIONED
+        return cls(**data)
 
 
-@dataclass(slots=True)
-class Ticket(_Json):
+_M = TypeVar("_M", bound=type[_Message])
+
+
+def _message(cls: _M) -> _M:
+    """A slotted message dataclass whose decoding metadata is computed here, once."""
+    cls = dataclass(slots=True)(cls)
+    hints = typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    cls._fields = frozenset(f.name for f in fields)
+    cls._required = frozenset(
+        f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
+    cls._checks = {f.name: _json_types(hints[f.name]) for f in fields}
+    cls._str_lists = frozenset(f.name for f in fields if hints[f.name] == list[str])
+    return cls
+
+
+def _version() -> Any:
+    """The last field of every message, keyword-only so that positional construction is unchanged."""
+    return field(default=PROTOCOL_VERSION, kw_only=True)
+
+
+@_message
+class Ticket(_Message):
     """A request waiting for a replica. `deadline_ms` is absolute (epoch ms): never grant after it."""
 
     id: str
@@ -73,14 +165,14 @@ class Ticket(_Json):
     priority: int
     deadline_ms: int
     request_id: str = ""
-
+    v: int = _version()
 
     def expired(self, at_ms: int | None = None) -> bool:
         return (now_ms() if at_ms is None else at_ms) >= self.deadline_ms
 
 
-@dataclass(slots=True)
-class Grant(_Json):
+@_message
+class Grant(_Message):
     """A replica's answer to a ticket: where to send the request and how to give the slot back."""
 
     ticket_id: str
@@ -90,33 +182,33 @@ class Grant(_Json):
     release_to: str
     forward_priority: bool = False
     lease_ttl_s: float = 0.0  # > 0: the holder renews the lease before this runs out
+    v: int = _version()
 
 
-
-@dataclass(slots=True)
-class Release(_Json):
+@_message
+class Release(_Message):
     lease_id: str
     status: int = 0
     reason: str = "done"
+    v: int = _version()
 
 
-
-@dataclass(slots=True)
-class Renew(_Json):
+@_message
+class Renew(_Message):
     """Leases still in use (long streams): the consumer pushes their expiry back."""
 
     lease_ids: list[str]
+    v: int = _version()
 
 
-
-@dataclass(slots=True)
-class Cancel(_Json):
+@_message
+class Cancel(_Message):
     ticket_ids: list[str]
+    v: int = _version()
 
 
-
-@dataclass(slots=True)
-class Heartbeat(_Json):
+@_message
+class Heartbeat(_Message):
     model: str
     replica: str
     url: str
@@ -129,9 +221,4 @@ class Heartbeat(_Json):
     running: float | None = None
     waiting: float | None = None
     kv_cache_usage: float | None = None
-
-    @classmethod
-    def loads(cls, body: bytes) -> Heartbeat:
-        data = orjson.loads(body)
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+    v: int = _version()
