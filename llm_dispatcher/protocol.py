@@ -22,7 +22,10 @@ upgrade, so every message must be readable by the release before and the release
 - A body that is not a JSON object, lacks a required field or has a field of the wrong JSON type
   raises `MalformedMessage` (a ValueError) from `loads`; nothing else escapes it.
 
-History: 0 = unversioned; 1 = `v` added (fields as below).
+History: 0 = unversioned; 1 = `v` added, every message read tolerantly (fields as below).
+Version 0 readers refused unknown fields in every message but Heartbeat, `v` included: upgrading a
+deployment from version 0 replaces all senders and consumers together (not rolling); from version 1
+on, upgrades roll.
 """
 
 from __future__ import annotations
