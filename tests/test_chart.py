@@ -560,3 +560,130 @@ def test_standalone_rabbitmq_cluster_manifest_is_a_rabbitmqcluster() -> None:
     (doc,) = [d for d in yaml.safe_load_all((ROOT / "rabbitmq-cluster.yaml").read_text()) if d]
     assert (doc["apiVersion"], doc["kind"]) == ("rabbitmq.com/v1beta1", "RabbitmqCluster")
     assert doc["spec"]["replicas"] >= 1 and doc["metadata"]["name"]
+
+
+# ------------------------------------------------------------------------------- falsy values kept
+
+
+def test_a_shutdown_grace_of_zero_stays_zero_in_the_app_and_the_pod(chart: Any) -> None:
+    docs = render(chart, {
+        "sender": {"settings": {"shutdownGraceS": 0}},
+        "consumer": {"settings": {"shutdownGraceS": 0}},
+        "models": [{"name": "a", "model": "org/a"},
+                   {"name": "b", "model": "org/b", "consumer": {"shutdownGraceS": 12}}],
+    })  # fmt: skip
+    (deployment,) = [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-sender")]
+    assert env_of(sender_container(docs))["LLMD_SHUTDOWN_GRACE_S"]["value"] == "0"
+    assert pod_spec(deployment)["terminationGracePeriodSeconds"] == 0 + 15  # the preStop sleep and a margin
+    a, b = sorted(model_statefulsets(docs), key=lambda d: d["metadata"]["name"])
+    for sts, grace in ((a, 0), (b, 12)):
+        assert env_of(container(sts, "consumer"))["LLMD_SHUTDOWN_GRACE_S"]["value"] == str(grace)
+        assert container(sts, "vllm")["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(grace)]
+        assert pod_spec(sts)["terminationGracePeriodSeconds"] == grace + 30
+
+
+def test_a_shutdown_grace_left_out_is_the_services_own_default_and_fractions_round_up(chart: Any) -> None:
+    docs = render(chart, {"sender": {"settings": {"shutdownGraceS": None}},
+                          "consumer": {"settings": {"shutdownGraceS": 2.5}}})  # fmt: skip
+    (deployment,) = [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-sender")]
+    assert "LLMD_SHUTDOWN_GRACE_S" not in env_of(sender_container(docs)), "null leaves the app its own default"
+    app_default = SenderSettings.model_fields["shutdown_grace_s"].default
+    assert pod_spec(deployment)["terminationGracePeriodSeconds"] == app_default + 15
+    (sts,) = model_statefulsets(docs)
+    assert env_of(container(sts, "consumer"))["LLMD_SHUTDOWN_GRACE_S"]["value"] == "2.5"
+    assert container(sts, "vllm")["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "3"], "never shorter"
+    assert ConsumerSettings.model_fields["shutdown_grace_s"].default == 30, "the chart's fallback is the app's default"
+
+
+def _falsy_settings(props: dict[str, Any]) -> dict[str, Any]:
+    """Every setting whose schema allows 0 (numbers) or false (booleans), set to that."""
+    out: dict[str, Any] = {}
+    for key, p in props.items():
+        if p["type"] == "boolean":
+            out[key] = False
+        elif p["type"] in ("integer", "number") and p.get("minimum", 0) <= 0 and "exclusiveMinimum" not in p:
+            out[key] = 0
+    return out
+
+
+def test_every_setting_set_to_zero_or_false_reaches_the_env_as_given(chart: Any) -> None:
+    schema = chart.schema
+    sender_settings = _falsy_settings(schema["properties"]["sender"]["properties"]["settings"]["properties"])
+    consumer_settings = _falsy_settings(schema["$defs"]["consumerSettings"]["properties"])
+    assert {"shutdownGraceS", "autoMigrate"} <= sender_settings.keys()
+    assert {"shutdownGraceS", "maxWaiting", "forwardPriority", "reservedSlots"} <= consumer_settings.keys()
+    docs = render(chart, {"sender": {"settings": sender_settings}, "consumer": {"settings": consumer_settings}})
+    for env, settings in ((env_of(sender_container(docs)), sender_settings),
+                          (env_of(container(model_statefulsets(docs)[0], "consumer")), consumer_settings)):
+        for key, value in settings.items():
+            name = "LLMD_" + re.sub(r"(?<!^)([A-Z])", r"_\1", key).upper()
+            assert env[name]["value"] == json.dumps(value), f"{key}: {value!r} became {env[name]['value']!r}"
+
+
+# ------------------------------------------------------------------------------------ common env
+
+
+def test_sender_and_consumers_agree_on_the_shared_settings(chart: Any) -> None:
+    docs = render(chart, {"queue": {"prefix": "team-a", "maxPriority": 5}, "logFormat": "text",
+                          **VALUE_SETS["external-services-postgresql"]})  # fmt: skip
+    shared = ("LLMD_HOST", "LLMD_LOG_FORMAT", "LLMD_QUEUE_PREFIX", "LLMD_MAX_PRIORITY", "LLMD_AMQP_URL",
+              "AMQP_USERNAME", "AMQP_PASSWORD")  # fmt: skip
+    sender = env_of(sender_container(docs))
+    assert sender["LLMD_QUEUE_PREFIX"]["value"] == "team-a" and sender["LLMD_MAX_PRIORITY"]["value"] == "5"
+    for sts in model_statefulsets(docs):
+        consumer = env_of(container(sts, "consumer"))
+        assert {n: consumer[n] for n in shared} == {n: sender[n] for n in shared}
+        assert consumer["LLMD_PORT"]["value"] == "9090" and sender["LLMD_PORT"]["value"] == "8080"
+
+
+# ------------------------------------------------------------------------------ sender metrics port
+
+
+def _sender_objects(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (found,) = [d for d in of_kind(docs, kind) if d["metadata"]["name"] == f"{RELEASE}-llm-dispatcher-sender"]
+    return found
+
+
+@pytest.mark.parametrize("metrics_port", [None, 9100])
+def test_the_sender_serves_metrics_on_its_own_port_which_the_service_monitor_scrapes(
+    chart: Any, metrics_port: int | None
+) -> None:
+    values = copy.deepcopy(VALUE_SETS["pvc-ingress-hpa-networkpolicy"])
+    if metrics_port is not None:
+        values.setdefault("sender", {})["metricsPort"] = metrics_port
+    want = metrics_port or chart.values["sender"]["metricsPort"]
+    assert chart.values["sender"]["metricsPort"] == SenderSettings.model_fields["metrics_port"].default == 9464
+    docs = render(chart, values)
+    c = sender_container(docs)
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8080, "metrics": want}
+    assert env_of(c)["LLMD_METRICS_PORT"]["value"] == str(want)
+    service = _sender_objects(docs, "Service")
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert ports["metrics"]["port"] == want and ports["metrics"]["targetPort"] == "metrics"
+    assert ports["http"]["targetPort"] == "http"
+    monitor = _sender_objects(docs, "ServiceMonitor")
+    assert [(e["port"], e["path"]) for e in monitor["spec"]["endpoints"]] == [("metrics", "/metrics")]
+    policy = _sender_objects(docs, "NetworkPolicy")
+    by_port = {r["ports"][0]["port"]: r for r in policy["spec"]["ingress"]}
+    assert set(by_port) == {"http", "metrics"}
+    assert by_port["metrics"]["from"] == values.get("networkPolicy", {}).get(
+        "metricsFrom", chart.values["networkPolicy"]["metricsFrom"]
+    ), "metrics only from the monitoring peers"
+    assert "from" not in by_port["http"], "the API stays open to everyone by default"
+
+
+@pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
+def test_the_ingress_never_routes_to_the_metrics_port(chart: Any, value_set: str) -> None:
+    docs = render(chart, {**VALUE_SETS[value_set], "ingress": {
+        "enabled": True, "hosts": [{"host": "a.example", "paths": [{"path": "/", "pathType": "Prefix"}]}]}})
+    (ingress,) = of_kind(docs, "Ingress")
+    backends = [p["backend"]["service"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]]
+    assert backends and all(b["port"] == {"name": "http"} for b in backends)
+    service = _sender_objects(docs, "Service")
+    (http,) = [p for p in service["spec"]["ports"] if p["name"] == "http"]
+    assert http["targetPort"] == "http" != "metrics"
+
+
+def test_a_metrics_port_equal_to_the_api_port_is_refused(chart: Any) -> None:
+    with pytest.raises(helm.HelmError, match=r"sender.metricsPort must differ from sender.port"):
+        chart.render(values={"sender": {"port": 9464}}, name=RELEASE, namespace=NAMESPACE)

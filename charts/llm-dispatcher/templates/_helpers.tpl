@@ -111,6 +111,36 @@ A value rendered as an environment variable string: strings as they are, numbers
 {{- end }}
 
 {{/*
+The environment the sender and every consumer share: where they listen, how they log, the queue settings
+they must agree on, and the broker URL. Call with (dict "ctx" $ "port" <port> "logLevel" <level>).
+*/}}
+{{- define "llm-dispatcher.commonEnv" -}}
+- name: LLMD_HOST
+  value: "0.0.0.0"
+- name: LLMD_PORT
+  value: {{ .port | quote }}
+- name: LLMD_LOG_LEVEL
+  value: {{ .logLevel | quote }}
+- name: LLMD_LOG_FORMAT
+  value: {{ .ctx.Values.logFormat | quote }}
+- name: LLMD_QUEUE_PREFIX
+  value: {{ .ctx.Values.queue.prefix | quote }}
+- name: LLMD_MAX_PRIORITY
+  value: {{ .ctx.Values.queue.maxPriority | quote }}
+{{ include "llm-dispatcher.amqpEnv" .ctx | trim }}
+{{- end }}
+
+{{/*
+Seconds a service may take to drain at shutdown (`shutdownGraceS` of a settings map), rounded up, so that
+the pod's grace period is never shorter than the service's own. 0 is a valid choice and stays 0; a key
+left out (or set to null) is the services' own default, 30.
+*/}}
+{{- define "llm-dispatcher.shutdownGraceS" -}}
+{{- $v := index . "shutdownGraceS" }}
+{{- if kindIs "invalid" $v }}30{{ else }}{{ $v | float64 | ceil | int }}{{ end }}
+{{- end }}
+
+{{/*
 LLMD_AMQP_URL, built from Secrets without ever putting a credential in the manifest: the user name and
 password come from secretKeyRef env vars, and Kubernetes expands $(VAR) references to earlier env vars
 in the same container when it starts it. Credentials must therefore be URL-safe (the operator's
@@ -195,31 +225,6 @@ generated ones are); otherwise put a complete URL in the Secret and set `urlKey`
 
 {{- define "llm-dispatcher.tokensKey" -}}
 {{- ternary .Values.existingTokensSecret.key "tokens.json" (ne .Values.existingTokensSecret.name "") }}
-{{- end }}
-
-{{/* Cross-field checks the JSON schema cannot express. */}}
-{{- define "llm-dispatcher.validate" -}}
-{{- if and .Values.tokens .Values.existingTokensSecret.name }}
-{{- fail "set either tokens or existingTokensSecret.name, not both" }}
-{{- end }}
-{{- $names := dict }}
-{{- $served := dict }}
-{{- range .Values.models }}
-{{- $m := include "llm-dispatcher.model" (dict "ctx" $ "model" .) | fromJson }}
-{{- if hasKey $names $m.name }}
-{{- fail (printf "models: name %q appears twice" $m.name) }}
-{{- end }}
-{{- if hasKey $served $m.servedModelName }}
-{{- fail (printf "models: servedModelName %q appears twice (one queue per served model)" $m.servedModelName) }}
-{{- end }}
-{{- $_ := set $names $m.name true }}
-{{- $_ := set $served $m.servedModelName true }}
-{{- end }}
-{{- range .Values.tokens }}
-{{- if gt (int .priority) (int $.Values.queue.maxPriority) }}
-{{- fail (printf "tokens: %q has priority %d above queue.maxPriority %d" .name (int .priority) (int $.Values.queue.maxPriority)) }}
-{{- end }}
-{{- end }}
 {{- end }}
 
 {{/* JSON list of the served model names (LLMD_MODELS). */}}
