@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import socket
 
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
@@ -17,6 +18,8 @@ from llm_dispatcher.logs import setup_logging
 from llm_dispatcher.serve import uvicorn_server, wait_for_signal
 
 log = logging.getLogger(__name__)
+
+EXIT_PORT_UNAVAILABLE = 1  # as uvicorn (the sender, the simulator) exits when its port is taken
 
 
 def create_http_app(consumer: Consumer) -> FastAPI:
@@ -38,11 +41,25 @@ def create_http_app(consumer: Consumer) -> FastAPI:
     return app
 
 
-async def serve(settings: ConsumerSettings) -> None:
+def listen_socket(host: str, port: int) -> socket.socket:
+    """The socket of /metrics and the probes, bound before anything else starts: a port already taken
+    is an error at once (OSError), not a server that fails in the background while the consumer runs."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve(settings: ConsumerSettings, sock: socket.socket) -> None:
     consumer = Consumer(settings)
     server = uvicorn_server(create_http_app(consumer), settings.host, settings.port, settings.log_level)
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # ours: drain first
-    http_task = asyncio.create_task(server.serve())
+    http_task = asyncio.create_task(server.serve(sockets=[sock]))
     await consumer.start()
     await wait_for_signal()
     log.info("draining: no new tickets, waiting for %d granted requests", consumer.in_flight)
@@ -74,7 +91,17 @@ def run(args: argparse.Namespace) -> int:
     }
     settings = ConsumerSettings(**overrides)
     setup_logging(settings.log_level, settings.log_format)
+    try:
+        sock = listen_socket(settings.host, settings.port)
+    except OSError as exc:
+        log.error(
+            "cannot listen on %s:%d for /metrics and probes: %s; another process holds the port "
+            "(stop it, or choose another with LLMD_PORT or --port)",
+            settings.host, settings.port, exc.strerror or exc,
+        )  # fmt: skip
+        return EXIT_PORT_UNAVAILABLE
     import uvloop
 
-    uvloop.run(serve(settings))
+    with sock:
+        uvloop.run(serve(settings, sock))
     return 0
