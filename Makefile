@@ -12,7 +12,7 @@ REAL_VLLM_PORT ?= 18000
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet -e '.[test,bench,sim]'
 	touch $(STAMP)
 
 services:
@@ -40,7 +40,7 @@ real-vllm-stop:
 	bash scripts/real-vllm.sh stop $(REAL_VLLM_PORT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check llm_dispatcher sender consumer tests bench
+	$(BIN)/ruff check llm_dispatcher sender consumer vllm_sim devstack tests bench scripts
 	$(BIN)/mypy
 
 bench: $(STAMP) services

@@ -12,8 +12,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "consumer": ("consumer.main", "run the consumer of one vLLM replica"),
     "tokens": ("llm_dispatcher.tokens_cli", "create, list, update and revoke API tokens"),
     "db": ("llm_dispatcher.db_cli", "database migrations"),
-    "sim": ("llm_dispatcher.sim.cli", "run the vLLM simulator"),
-    "dev": ("llm_dispatcher.dev", "start a complete local stack (sender, consumers, simulator)"),
+    # Development tooling (the `sim` extra): skipped where it is not installed, as in the production image.
+    "sim": ("vllm_sim.cli", "run the vLLM simulator"),
+    "dev": ("devstack.dev", "start a complete local stack (sender, consumers, simulator)"),
 }
 
 

@@ -116,8 +116,8 @@ async def test_the_faster_replica_serves_more_requests_under_load(stack_factory)
 
 
 async def test_forward_priority_puts_the_vllm_priority_in_the_body(stack_factory):
-    from llm_dispatcher.sim.app import create_app as create_sim
-    from llm_dispatcher.sim.config import SimConfig
+    from vllm_sim.app import create_app as create_sim
+    from vllm_sim.config import SimConfig
 
     s = stack_factory()
     rec = Recording(create_sim(SimConfig(model=MODEL, scheduling_policy="priority", itl_base=0.002)))
@@ -136,8 +136,8 @@ async def test_forward_priority_puts_the_vllm_priority_in_the_body(stack_factory
 
 
 async def test_without_forward_priority_the_body_reaches_vllm_unchanged(stack_factory):
-    from llm_dispatcher.sim.app import create_app as create_sim
-    from llm_dispatcher.sim.config import SimConfig
+    from vllm_sim.app import create_app as create_sim
+    from vllm_sim.config import SimConfig
 
     s = stack_factory()
     rec = Recording(create_sim(SimConfig(model=MODEL, itl_base=0.002)))

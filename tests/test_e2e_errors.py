@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.fixtures.stack import free_port
+from devstack.net import free_port
 
 CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
 

@@ -9,8 +9,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from llm_dispatcher.sim.config import SimConfig
-from llm_dispatcher.sim.engine import step_duration
+from vllm_sim.config import SimConfig
+from vllm_sim.engine import step_duration
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}]}
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,8 @@ import time
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from devstack.net import free_port
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}]}
 
@@ -110,12 +111,6 @@ def test_die_with_exit_stops_the_server(sim_factory):
     assert not sim._thread.is_alive()
     with pytest.raises(httpx.ConnectError):
         httpx.get(sim.url + "/health")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_cli_serves_then_sigusr1_turns_unhealthy_and_sigterm_exits_cleanly():

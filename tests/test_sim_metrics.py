@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from llm_dispatcher.sim.metrics import TTFT_BUCKETS
+from vllm_sim.metrics import TTFT_BUCKETS
 
 EXPECTED = {
     "vllm:num_requests_running": "gauge",

@@ -6,7 +6,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.vllm_metrics import VllmScrape, tokens_per_second
-from llm_dispatcher.sim import SimConfig, SimServer
+from devstack.inprocess import SimServer
+from vllm_sim import SimConfig
 
 SCRAPE = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.

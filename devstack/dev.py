@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 
-from llm_dispatcher.localstack import Stack
+from devstack.processes import ProcessStack
 from llm_dispatcher.settings import DEFAULT_DATABASE_URL
 
 
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         if not sep or not model or not url:
             raise SystemExit(f"--upstream wants MODEL=URL, got {item!r}")
         upstreams.append((model, url))
-    stack = Stack("data", model=args.sim_model, env=env)
+    stack = ProcessStack("data", model=args.sim_model, env=env)
     try:
         if not upstreams:
             url = stack.start_sim(["--max-num-seqs", "16", "--itl-base", "0.01", "--itl-per-seq", "0.001"],

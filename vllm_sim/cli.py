@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from llm_dispatcher.sim.config import SimConfig
+from vllm_sim.config import SimConfig
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,9 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from llm_dispatcher.sim.app import create_app, install_log_filter
-    from llm_dispatcher.sim.server import uvicorn_config
+    from vllm_sim.app import create_app
+    from vllm_sim.faults import install_log_filter
+    from vllm_sim.server import uvicorn_config
 
     try:
         config = config_from_args(args)

@@ -1,6 +1,8 @@
-"""A whole dispatcher as separate local processes (simulators, consumers, sender), as in production.
+"""The dispatcher's pieces as separate local processes (simulators, consumers, sender), as in production.
 
-Used by `llm-dispatcher dev`, the benchmarks and the process-level tests."""
+``SimProcess`` is one ``llm-dispatcher sim`` child; ``ProcessStack`` a whole dispatcher. Used by
+``llm-dispatcher dev``, the benchmarks and the process-level tests.
+"""
 
 from __future__ import annotations
 
@@ -8,39 +10,76 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from devstack.net import free_port, wait_http
 
 EXE = [sys.executable, "-m", "llm_dispatcher"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_http(url: str, procs: list[subprocess.Popen], timeout: float = 60) -> None:
-    """Until `url` answers 200; fails at once if one of `procs` exits meanwhile."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                raise RuntimeError(f"process exited early (code {p.returncode}): {p.args!r}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+class SimProcess:
+    """``llm-dispatcher sim --port PORT ARGS...`` in a child process; ``url`` is its base URL.
+
+    ``wait_ready()`` (also at context entry) returns once /health answers 200; ``stop()`` sends
+    SIGTERM and waits (kills what outlives the grace), also at context exit.
+    """
+
+    def __init__(
+        self,
+        args: Sequence[str] = (),
+        *,
+        port: int | None = None,
+        env: Mapping[str, str] | None = None,
+        quiet: bool = False,
+        **popen: Any,
+    ) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        argv = ["sim", "--port", str(self.port), *args]
+        self.command = " ".join(["llm-dispatcher", *argv])  # as a reader would type it
+        if quiet:
+            popen.setdefault("stdout", subprocess.DEVNULL)
+            popen.setdefault("stderr", subprocess.DEVNULL)
+        self.proc = subprocess.Popen([*EXE, *argv], env=env, **popen)
+
+    def wait_ready(self, timeout: float = 60, others: Sequence[subprocess.Popen] = ()) -> SimProcess:
+        """Until /health answers 200; fails at once if this process (or one of ``others``) exits."""
+        wait_http(self.url + "/health", [self.proc, *others], timeout)
+        return self
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
+    def stop(self, grace_s: float = 10) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> SimProcess:
+        return self.wait_ready()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
-class Stack:
+class ProcessStack:
     """sim(s) + one consumer per sim + one sender, with a fresh queue prefix and token DB.
     `start()` starts that; `start_sim` / `start_consumer` / `start_sender` build other shapes."""
 
@@ -63,20 +102,18 @@ class Stack:
         self.sim_urls: list[str] = []
         self.consumers: list[subprocess.Popen] = []
 
-    def start(self) -> Stack:
+    def start(self) -> ProcessStack:
         for args in self.sim_args:
             self.start_consumer(self.start_sim(args))
         self.start_sender()
         return self
 
     def start_sim(self, args: list[str], port: int | None = None) -> str:
-        port = port or free_port()
-        self.procs.append(subprocess.Popen(
-            [*EXE, "sim", "--port", str(port), "--served-model-name", self.model, *args], env=self.env))
-        url = f"http://127.0.0.1:{port}"
-        wait_http(url + "/health", self.procs)
-        self.sim_urls.append(url)
-        return url
+        sim = SimProcess(["--served-model-name", self.model, *args], port=port, env=self.env)
+        self.procs.append(sim.proc)
+        sim.wait_ready(others=self.procs)
+        self.sim_urls.append(sim.url)
+        return sim.url
 
     def start_consumer(self, vllm_url: str, model: str | None = None, port: int | None = None,
                        **env: str) -> subprocess.Popen:
@@ -130,8 +167,8 @@ class Stack:
 
 
 @contextlib.contextmanager
-def running(*args, **kwargs) -> Iterator[Stack]:
-    stack = Stack(*args, **kwargs).start()
+def running(*args, **kwargs) -> Iterator[ProcessStack]:
+    stack = ProcessStack(*args, **kwargs).start()
     try:
         yield stack
     finally:

@@ -17,8 +17,8 @@ import itertools
 import logging
 from typing import Literal
 
-from llm_dispatcher.sim.config import SimConfig
-from llm_dispatcher.sim.metrics import SimMetrics
+from vllm_sim.config import SimConfig
+from vllm_sim.metrics import SimMetrics
 
 log = logging.getLogger(__name__)
 
