@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from llm_dispatcher.localstack import Stack
+from devstack.processes import ProcessStack as Stack
 
 MODEL = "proc-model"
 
