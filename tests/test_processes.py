@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
 import threading
 import time
 
 import httpx
 import pytest
 
+from devstack.processes import EXE
 from devstack.processes import ProcessStack as Stack
 
 MODEL = "proc-model"
@@ -129,3 +132,19 @@ def test_a_consumer_killed_holding_an_unacked_ticket_returns_it_and_it_is_grante
     grants = [line for line in metrics.splitlines() if line.startswith("llmd_consumer_grants_total")]
     assert grants and float(grants[0].rsplit(" ", 1)[1]) == 1.0  # granted exactly once, by the survivor
     wait_until(lambda: consumer_state(b)["in_flight"] == 0, 5, "lease released")
+
+
+def test_a_consumer_whose_port_is_taken_exits_at_once_with_a_clear_message(tmp_path, amqp_url):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "LLMD_AMQP_URL": amqp_url, "LLMD_MODEL": MODEL, "LLMD_HOST": "127.0.0.1",
+               "LLMD_PORT": str(port), "LLMD_VLLM_URL": "http://127.0.0.1:9", "LLMD_LOG_FORMAT": "text"}
+        started = time.monotonic()
+        proc = subprocess.run([*EXE, "consumer"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert time.monotonic() - started < 20, "it must not wait for the broker or a retry before giving up"
+    message = proc.stderr.lower()
+    assert f"127.0.0.1:{port}" in message and "address already in use" in message and "llmd_port" in message
+    assert "traceback" not in message
