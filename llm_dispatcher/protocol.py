@@ -129,20 +129,21 @@ class _Message:
         for name in cls._str_lists:
             if name in data and not all(type(x) is str for x in data[name]):
                 raise MalformedMessage(f"{cls.__name__}: field {name!r} must be a list of strings: {data[name]!r:.80}")
-        if not cls._required <= data.keys():
-            missing = sorted(cls._required - data.keys())
-            raise MalformedMessage(f"{cls.__name__}: missing required fields {missing}")
         if "v" not in data:
             data["v"] = UNVERSIONED
-        return cls(**data)
+        try:
+            return cls(**data)
+        except TypeError:  # only a missing required field: the keys are known, __init__ only assigns
+            raise MalformedMessage(
+                f"{cls.__name__}: missing required fields {sorted(cls._required - data.keys())}"
+            ) from None
 
 
 _M = TypeVar("_M", bound=type[_Message])
 
 
 def _message(cls: _M) -> _M:
-    """A slotted message dataclass whose decoding metadata is computed here, once."""
-    cls = dataclass(slots=True)(cls)
+    """Computes a message dataclass's decoding metadata, once (applied over `@dataclass(slots=True)`)."""
     hints = typing.get_type_hints(cls)
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
     cls._fields = frozenset(f.name for f in fields)
@@ -160,6 +161,7 @@ def _version() -> Any:
 
 
 @_message
+@dataclass(slots=True)
 class Ticket(_Message):
     """A request waiting for a replica. `deadline_ms` is absolute (epoch ms): never grant after it."""
 
@@ -175,6 +177,7 @@ class Ticket(_Message):
 
 
 @_message
+@dataclass(slots=True)
 class Grant(_Message):
     """A replica's answer to a ticket: where to send the request and how to give the slot back."""
 
@@ -189,6 +192,7 @@ class Grant(_Message):
 
 
 @_message
+@dataclass(slots=True)
 class Release(_Message):
     lease_id: str
     status: int = 0
@@ -197,6 +201,7 @@ class Release(_Message):
 
 
 @_message
+@dataclass(slots=True)
 class Renew(_Message):
     """Leases still in use (long streams): the consumer pushes their expiry back."""
 
@@ -205,12 +210,14 @@ class Renew(_Message):
 
 
 @_message
+@dataclass(slots=True)
 class Cancel(_Message):
     ticket_ids: list[str]
     v: int = _version()
 
 
 @_message
+@dataclass(slots=True)
 class Heartbeat(_Message):
     model: str
     replica: str
@@ -224,4 +231,9 @@ class Heartbeat(_Message):
     running: float | None = None
     waiting: float | None = None
     kv_cache_usage: float | None = None
+    # The consumer's control queue and its connection epoch (bumped on every broker reconnect): a
+    # sender that sees a new epoch renews at once every lease it holds there, so the consumer can
+    # reclaim the leases nobody claims (their release was lost with the broker) within seconds.
+    control: str = ""
+    epoch: int = 0
     v: int = _version()

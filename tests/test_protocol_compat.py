@@ -66,6 +66,8 @@ DEFAULTS: dict[type, dict[str, Any]] = {
         "running": None,
         "waiting": None,
         "kv_cache_usage": None,
+        "control": "",
+        "epoch": 0,
     },
 }
 
