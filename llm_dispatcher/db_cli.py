@@ -8,7 +8,7 @@ import os
 import sys
 
 from llm_dispatcher.db import DatabaseUnavailableError, Store
-from llm_dispatcher.db.store import head_revision
+from llm_dispatcher.db.migrate import head_revision
 from llm_dispatcher.settings import DEFAULT_DATABASE_URL
 
 EXIT_USAGE = 2

@@ -12,7 +12,6 @@ import json
 import re
 import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from llm_dispatcher.db import (
@@ -22,7 +21,8 @@ from llm_dispatcher.db import (
     TokenNotFoundError,
     TokenRecord,
 )
-from llm_dispatcher.db.store import parse_datetime
+from llm_dispatcher.db.tokens import parse_datetime
+from llm_dispatcher.db.tokens_file import load_tokens_file, parse_tokens
 from llm_dispatcher.db_cli import EXIT_UNAVAILABLE, add_database_option, database_url, fail
 
 _DURATION = re.compile(r"(\d+)\s*([smhdw])")
@@ -119,8 +119,7 @@ def _add_expiry(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiveG
 def run(args: argparse.Namespace) -> int:
     try:
         if args.tokens_command == "import":  # read and check the file before touching the database
-            text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
-            args.items = load_items(text)
+            args.items = parse_tokens(sys.stdin.read(), "<stdin>") if args.file == "-" else load_tokens_file(args.file)
         return asyncio.run(_run(args, database_url(args)))
     except (TokenNotFoundError, DuplicateTokenError, ValueError) as exc:
         return fail(str(exc))
@@ -230,26 +229,6 @@ async def _import(store: Store, args: argparse.Namespace) -> int:
     changed = await store.import_tokens(args.items)
     print(f"Imported {len(args.items)} tokens ({changed} created or changed).")
     return 0
-
-
-def load_items(text: str) -> list[dict[str, Any]]:
-    """A JSON or YAML list of token items, or a mapping with such a list under `tokens`."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        try:
-            import yaml
-        except ImportError:
-            raise ValueError("the file is not JSON, and PyYAML is not installed to read YAML") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"neither JSON nor YAML: {exc}") from None
-    if isinstance(data, dict) and "tokens" in data:
-        data = data["tokens"]
-    if not isinstance(data, list):
-        raise ValueError("expected a list of tokens (or a mapping with a 'tokens' list)")
-    return data
 
 
 def _time(value: datetime) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -16,8 +17,9 @@ import sqlalchemy as sa
 
 from llm_dispatcher.cli import main
 from llm_dispatcher.db import Store, hash_token
+from llm_dispatcher.db.migrate import head_revision
 from llm_dispatcher.db.models import tokens
-from llm_dispatcher.db.store import head_revision
+from llm_dispatcher.db.tokens_file import load_tokens_file, parse_tokens
 from llm_dispatcher.tokens_cli import parse_duration
 
 
@@ -217,3 +219,62 @@ def test_create_token_dash_reads_the_plaintext_from_stdin(cli, db_url: str, monk
     assert (code, out) == (0, "sk-from-stdin\n")
     (row,) = stored_rows(db_url)
     assert row.token_hash == hash_token("sk-from-stdin")
+
+
+# -- the one loader of token files (tokens import and LLMD_TOKENS_FILE) ------------------------------
+
+SEED = [{"name": "svc", "token": "sk-svc-secret", "priority": 3, "threshold": 30}]
+
+
+@pytest.mark.parametrize(
+    ("suffix", "text"),
+    [
+        ("json", json.dumps(SEED)),
+        ("json", json.dumps({"tokens": SEED})),
+        ("yaml", "- name: svc\n  token: sk-svc-secret\n  priority: 3\n  threshold: 30\n"),
+        ("yaml", "tokens:\n  - {name: svc, token: sk-svc-secret, priority: 3, threshold: 30}\n"),
+    ],
+    ids=["json-list", "json-mapping", "yaml-list", "yaml-mapping"],
+)
+def test_a_token_file_is_a_json_or_yaml_list_or_a_mapping_with_a_tokens_list(
+    tmp_path: Path, suffix: str, text: str
+) -> None:
+    path = tmp_path / f"seed.{suffix}"
+    path.write_text(text)
+    assert load_tokens_file(path) == SEED
+    assert load_tokens_file(str(path)) == SEED
+    assert parse_tokens(text) == SEED
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"name": "svc"}', "expected a list of tokens (or a mapping with a 'tokens' list)"),
+        ("tokens: 3\n", "expected a list of tokens"),
+        ("", "expected a list of tokens"),
+        ("just words", "expected a list of tokens"),
+        ("[1, 2]", "token 0 is a int, expected a mapping"),
+        ("- [a]\n", "token 0 is a list, expected a mapping"),
+        ("key: [unclosed\n", "neither JSON nor YAML"),
+    ],
+)
+def test_a_token_file_of_another_shape_is_refused_naming_the_file(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "seed.txt"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        load_tokens_file(path)
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def test_a_token_file_that_cannot_be_read_raises_os_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"missing\.json"):
+        load_tokens_file(tmp_path / "missing.json")
+
+
+def test_import_reads_a_token_list_from_stdin(cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps({"tokens": SEED})))
+    code, out, _ = cli("tokens", "import", "-")
+    assert code == 0 and "Imported 1 tokens (1 created or changed)" in out
+    monkeypatch.setattr(sys, "stdin", io.StringIO('{"name": "svc"}'))
+    code, _, err = cli("tokens", "import", "-")
+    assert code == 2 and "<stdin>: expected a list of tokens" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -25,8 +26,9 @@ from llm_dispatcher.db.cache import (
     REVOKED_MESSAGE,
     UNKNOWN_MESSAGE,
 )
+from llm_dispatcher.db.migrate import head_revision
 from llm_dispatcher.db.models import tokens
-from llm_dispatcher.db.store import head_revision
+from llm_dispatcher.db.tokens import token_columns
 from llm_dispatcher.errors import AuthenticationError
 
 # -- migrations ------------------------------------------------------------------------------------
@@ -187,6 +189,67 @@ async def test_import_rejects_bad_items_without_writing_anything(store: Store) -
     with pytest.raises(DuplicateTokenError, match="already registered as 'owner'"):
         await store.import_tokens([good, {**good, "name": "thief", "token": "sk-taken"}])
     assert [t.name for t in await store.list_tokens()] == ["owner"]
+
+
+BAD_FIELDS = [
+    ("name", "has space", "invalid token name 'has space'"),
+    ("priority", -1, "priority must be a non-negative integer, got -1"),
+    ("threshold", True, "threshold must be a non-negative integer, got True"),
+    ("allowed_models", [], "allowed models is empty"),
+    ("allowed_models", ["m", 3], "model names must be strings, got 3"),
+    ("expires_at", "next tuesday", "not an ISO 8601 date-time: 'next tuesday'"),
+    ("enabled", "yes", "enabled must be true or false"),
+    ("token", "sk with space", "a token must be a non-empty string without whitespace"),
+    ("token_hash", "abc", "token_hash must be 64 hex characters"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), BAD_FIELDS, ids=[f"{f}={v!r}" for f, v, _ in BAD_FIELDS])
+def test_one_validation_of_token_fields_for_whole_tokens_and_updates(field: str, value: object, message: str) -> None:
+    whole = {"name": "x", "token": "sk-x", "priority": 1, "threshold": 1}
+    if field == "token_hash":
+        del whole["token"]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        token_columns({**whole, field: value})
+    if field not in ("name", "token", "token_hash"):  # what an update may change
+        with pytest.raises(ValueError, match=re.escape(message)):
+            token_columns({field: value}, partial=True)
+
+
+def test_token_columns_turn_a_whole_token_into_its_column_values() -> None:
+    assert token_columns({"name": "x", "token": "sk-x", "priority": 2, "threshold": 3}) == {
+        "name": "x",
+        "token_hash": hash_token("sk-x"),
+        "priority": 2,
+        "threshold": 3,
+        "allowed_models": None,  # left out: every model
+        "expires_at": None,  # left out: no expiry
+    }  # and no `enabled`: an import keeps the stored flag
+    assert token_columns({"allowed_models": "a, b,a", "expires_at": "2030-01-01T01:00:00+01:00"}, partial=True) == {
+        "allowed_models": '["a", "b"]',
+        "expires_at": datetime(2030, 1, 1),  # naive UTC, as stored
+    }
+    for missing, message in (("priority", "missing 'priority'"), ("token", "exactly one of 'token'")):
+        item = {"name": "x", "token": "sk-x", "priority": 2, "threshold": 3}
+        del item[missing]
+        with pytest.raises(ValueError, match=message):
+            token_columns(item)
+    with pytest.raises(ValueError, match="exactly one of 'token'"):
+        token_columns({"name": "x", "token": "sk-x", "token_hash": hash_token("sk-x"), "priority": 2, "threshold": 3})
+
+
+async def test_create_update_and_import_refuse_a_bad_field_with_the_same_message(store: Store) -> None:
+    await store.create_token("ok", priority=1, threshold=1)
+    message = "priority must be a non-negative integer, got -3"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        await store.create_token("x", priority=-3, threshold=1)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        await store.update_token("ok", priority=-3)
+    with pytest.raises(ValueError, match=re.escape(f"import item 0 ('x'): {message}")):
+        await store.import_tokens([{"name": "x", "token": "sk-x", "priority": -3, "threshold": 1}])
+    with pytest.raises(ValueError, match="enabled must be true or false"):
+        await store.update_token("ok", enabled="no")  # type: ignore[arg-type]
+    assert [(t.name, t.priority, t.enabled) for t in await store.list_tokens()] == [("ok", 1, True)]
 
 
 # -- authentication and the TTL cache ---------------------------------------------------------------

@@ -1,5 +1,7 @@
-"""Usage records written off the hot path: `submit()` appends to a bounded in-memory queue, a
-background task writes batches (one executemany each) every `flush_interval_s` or as soon as
+"""The `usage` table, and usage records written to it off the hot path.
+
+`UsageStore.insert_usage` writes a batch in one executemany. `UsageWriter.submit()` appends to a
+bounded in-memory queue; a background task writes batches every `flush_interval_s` or as soon as
 `max_batch` records are waiting.
 
 Failure policy: a batch that fails for an environmental reason (database down, table missing,
@@ -14,21 +16,56 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
-from llm_dispatcher.db.models import UsageRecord
-from llm_dispatcher.db.store import Store
+from llm_dispatcher.db.engine import Database
+from llm_dispatcher.db.models import MODEL_LEN, NAME_LEN, REPLICA_LEN, REQUEST_ID_LEN, UsageRecord, to_db_time, usage
 
 log = logging.getLogger(__name__)
 
 _DATA_ERRORS = (sa.exc.IntegrityError, sa.exc.DataError)
 
 
+def _clip(value: str, length: int) -> str:
+    return value if len(value) <= length else value[:length]
+
+
+def usage_row(r: UsageRecord) -> dict[str, Any]:
+    """Strings are clipped to the column sizes: strict-mode MySQL would reject the whole batch."""
+    return {
+        "created_at": to_db_time(r.created_at),
+        "token_id": r.token_id,
+        "token_name": _clip(r.token_name, NAME_LEN),
+        "model": _clip(r.model, MODEL_LEN),
+        "replica": _clip(r.replica, REPLICA_LEN),
+        "priority": r.priority,
+        "status": r.status,
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "queue_wait_s": float(r.queue_wait_s),
+        "ttfb_s": None if r.ttfb_s is None else float(r.ttfb_s),
+        "total_s": float(r.total_s),
+        "request_id": _clip(r.request_id, REQUEST_ID_LEN),
+    }
+
+
+class UsageStore(Database):
+    async def insert_usage(self, records: Sequence[UsageRecord]) -> None:
+        """One executemany. Errors are translated (connection) or raised as-is (data)."""
+        if not records:
+            return
+        rows = [usage_row(r) for r in records]
+        async with self._begin("write usage") as conn:
+            await conn.execute(usage.insert(), rows)
+
+
 class UsageWriter:
     def __init__(
         self,
-        store: Store,
+        store: UsageStore,
         flush_interval_s: float = 1.0,
         max_batch: int = 500,
         max_queue: int = 100_000,
