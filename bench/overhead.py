@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from llm_dispatcher.localstack import running
+from devstack.processes import cpu_seconds, running
 
 BODY = {"model": "bench-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -48,12 +48,6 @@ def wrk(url: str, token: str | None, concurrency: int, duration: float, workdir:
     errors = re.search(r"Socket errors:.*", out)
     return {"p50_ms": lat["50"], "p99_ms": lat["99"], "rps": rps,
             "non2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(0) if errors else ""}
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def broker_pid() -> int | None:

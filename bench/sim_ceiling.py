@@ -19,58 +19,21 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from devstack.processes import SimProcess
+
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = {"messages": [{"role": "user", "content": "Say something short."}], "max_tokens": 16}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Sim:
-    """`llm-dispatcher sim` in a subprocess."""
-
-    def __init__(self, *flags: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "llm_dispatcher", "sim", "--port", str(self.port), *flags]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.command = " ".join(["llm-dispatcher", "sim", "--port", str(self.port), *flags])
-
-    def wait_ready(self) -> None:
-        import urllib.request
-
-        end = time.monotonic() + 30
-        while time.monotonic() < end:
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("simulator did not start")
-
-    def cpu_seconds(self) -> float:
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def __enter__(self) -> Sim:
-        self.wait_ready()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+def quiet_sim(*flags: str) -> SimProcess:
+    """`llm-dispatcher sim` in a subprocess, quiet; `with` waits until it is healthy and stops it after."""
+    return SimProcess(flags, cwd=ROOT, quiet=True)
 
 
 # -- load generator (runs in its own process: `sim_ceiling.py _loadgen ...`) ----------------------
@@ -249,7 +212,7 @@ def main() -> None:
     for c in a.concurrency:
         runs = []
         for _ in range(a.runs):
-            with Sim("--max-num-seqs", "1024") as sim:
+            with quiet_sim("--max-num-seqs", "1024") as sim:
                 cpu0 = sim.cpu_seconds()
                 t0 = time.monotonic()
                 if a.loadgen == "wrk":
@@ -268,7 +231,7 @@ def main() -> None:
     for n in a.streams:
         runs = []
         for _ in range(a.runs):
-            with Sim("--max-num-seqs", str(n), "--itl-base", "0.1") as sim:
+            with quiet_sim("--max-num-seqs", str(n), "--itl-base", "0.1") as sim:
                 cpu0 = sim.cpu_seconds()
                 r = run_loadgen("streams", sim.url, str(n), "--max-tokens", str(a.stream_tokens))
                 r["sim_cpu"] = (sim.cpu_seconds() - cpu0) / r["wall"]

@@ -1,0 +1,153 @@
+"""The PNG plots of the scenarios (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scenarios.run import ArmResult
+from scenarios.sampling import complete
+from scenarios.stats import CUT
+
+COLORS = {
+    "vLLM FIFO": "tab:red",
+    "vLLM priority": "tab:orange",
+    "llm-dispatcher": "tab:blue",
+    "idle (interactive only, dispatcher)": "tab:green",
+}
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt: Any, fig: Any, path: Path, title: str) -> None:
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_priority(results: Sequence[ArmResult], idle: ArmResult | None, path: Path, title: str) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    arms = ([idle] if idle else []) + list(results)
+    for ax, cls in zip(axes[:2], ("interactive", "batch"), strict=True):
+        for res in arms:
+            v = sorted(
+                r.ttft for r in res.records if r.cls == cls and r.status in (200, CUT) and r.ttft is not None
+            )
+            if v:
+                ax.plot(v, np.linspace(0, 1, len(v)), label=res.arm, color=COLORS.get(res.arm))
+        ax.set_xscale("log")
+        ax.set_xlabel("time to first token (s, log)")
+        ax.set_ylabel("fraction of requests")
+        ax.set_title(f"{cls}: TTFT CDF")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax = axes[2]
+    for res in results:
+        pts = [
+            (r.start, r.ttft)
+            for r in res.records
+            if r.cls == "interactive" and r.status in (200, CUT) and r.ttft is not None
+        ]
+        if pts:
+            x, y = zip(*pts, strict=True)
+            ax.scatter(x, y, s=6, label=res.arm, color=COLORS.get(res.arm))
+    ax.set_yscale("log")
+    ax.set_xlabel("arrival time (s)")
+    ax.set_ylabel("interactive TTFT (s, log)")
+    ax.set_title("interactive TTFT over the run")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(plt, fig, path, title)
+
+
+def plot_goodput(results: Sequence[ArmResult], path: Path, title: str) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.4))
+    for res in results:
+        rows = complete(res.samples)
+        t = np.array([r.t for r in rows])
+        g = np.array([r.gen_total() for r in rows])
+        run = np.array([r.running_total() for r in rows])
+        if len(t) > 10:
+            step = 10  # ~1 s
+            axes[0].plot(
+                t[step:],
+                (g[step:] - g[:-step]) / (t[step:] - t[:-step]),
+                label=res.arm,
+                color=COLORS.get(res.arm),
+            )
+            axes[1].plot(t, run, label=res.arm, color=COLORS.get(res.arm), alpha=0.8)
+    axes[0].set_title("engine output tokens/s (1 s window)")
+    axes[1].set_title("sequences running in the engine (max 16)")
+    for ax in axes:
+        ax.set_xlabel("time (s)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save(plt, fig, path, title)
+
+
+def plot_replicas(results: Sequence[ArmResult], path: Path, title: str, names: list[str]) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(results) + 1, figsize=(5 * (len(results) + 1), 4.2))
+    for ax, res in zip(axes, results, strict=False):
+        rows = complete(res.samples)
+        t = [r.t for r in rows]
+        for i, n in enumerate(names):
+            ax.plot(t, [r.running[i] for r in rows], label=f"{n} running")
+        if res.through_dispatcher:
+            ax.plot(t, [r.tickets for r in rows], label="tickets waiting", color="grey", alpha=0.6)
+        else:
+            ax.plot(t, [r.waiting_total() for r in rows], label="vLLM waiting (both)", color="grey", alpha=0.6)
+        ax.set_title(res.arm)
+        ax.set_xlabel("time (s)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax = axes[-1]
+    x = np.arange(len(results))
+    for i, n in enumerate(names):
+        counts = [sum(r.replica == f"r{i}" and r.status == 200 for r in res.records) for res in results]
+        ax.bar(x + (i - 0.5) * 0.38, counts, 0.38, label=n)
+    ax.set_xticks(x, [r.arm for r in results], fontsize=8)
+    ax.set_title("completed requests per replica")
+    ax.legend(fontsize=8)
+    _save(plt, fig, path, title)
+
+
+def plot_floor(results: Sequence[ArmResult], floor: float, path: Path, title: str) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.4))
+    for res in results:
+        v = sorted(r.tps for r in res.records if r.status == 200 and r.tps)
+        if v:
+            axes[0].plot(v, np.linspace(0, 1, len(v)), label=res.arm, color=COLORS.get(res.arm))
+        rows = complete(res.samples)
+        axes[1].plot(
+            [r.t for r in rows],
+            [r.running_total() for r in rows],
+            label=res.arm,
+            color=COLORS.get(res.arm),
+            alpha=0.8,
+        )
+    axes[0].axvline(floor, color="k", ls="--", label=f"floor {floor:g} tok/s")
+    axes[0].set_xlabel("per-stream decode tokens/s")
+    axes[0].set_ylabel("fraction of admitted requests")
+    axes[0].set_title("per-stream speed CDF")
+    axes[1].set_title("sequences running in the engine")
+    axes[1].set_xlabel("time (s)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save(plt, fig, path, title)
