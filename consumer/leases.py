@@ -41,6 +41,14 @@ class LeaseTable:
         lease.expires_at = self._clock() + self.ttl_s
         return True
 
+    def doubt(self, grace_s: float) -> int:
+        """Every lease must be renewed or released within `grace_s` or it expires (after a broker
+        reconnect, when a release may have been lost). Returns how many leases are in doubt."""
+        deadline = self._clock() + grace_s
+        for lease in self._leases.values():
+            lease.expires_at = min(lease.expires_at, deadline)
+        return len(self._leases)
+
     def expire(self) -> list[Lease]:
         now = self._clock()
         gone = [lease for lease in self._leases.values() if lease.expires_at <= now]

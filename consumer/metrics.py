@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from llm_dispatcher.metrics import new_registry
+
 
 class ConsumerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
-        self.registry = registry or CollectorRegistry()
+        self.registry = registry or new_registry("consumer")
         r = self.registry
         labels = ("model", "replica")
         self.decisions = Counter(

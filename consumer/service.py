@@ -58,6 +58,8 @@ class Consumer:
         )
         self.draining = False
         self.connected = False
+        self._epoch = 0  # bumped on every broker reconnect, announced in heartbeats
+        self._heartbeat_now = asyncio.Event()
         self._cancelled: OrderedDict[str, None] = OrderedDict()
         self._consumer_tag: str | None = None
         self._prefetch = 0
@@ -170,8 +172,15 @@ class Consumer:
         log.warning("broker connection lost; reconnecting")
 
     def _on_reconnect(self, *_args) -> None:
+        """Releases sent while the broker was away are lost: every lease is in doubt until its sender
+        renews it (senders renew at once when a heartbeat shows the new epoch); the rest expire."""
         self.connected = True
-        log.info("broker connection restored")
+        self._epoch += 1
+        grace = self.settings.lease_reconcile_s
+        doubtful = self.leases.doubt(grace)
+        log.info("broker connection restored; %d leases to be confirmed within %g s", doubtful, grace)
+        asyncio.get_running_loop().call_later(grace + 0.05, self._expire_leases)
+        self._heartbeat_now.set()
         self.poke()
 
     # -- the gate: subscribe while the policy admits, cancel otherwise -------------------------
@@ -309,11 +318,14 @@ class Consumer:
         period = min(5.0, max(0.1, self.settings.lease_ttl_s / 4))
         while True:
             await asyncio.sleep(period)
-            for lease in self.leases.expire():
-                log.warning("lease %s expired unreleased", lease.id, extra={"lease_id": lease.id})
-                self.metrics.releases.labels(*self.labels, "expired").inc()
-            self.metrics.in_flight.labels(*self.labels).set(self.in_flight)
-            self.poke()
+            self._expire_leases()
+
+    def _expire_leases(self) -> None:
+        for lease in self.leases.expire():
+            log.warning("lease %s expired unreleased", lease.id, extra={"lease_id": lease.id})
+            self.metrics.releases.labels(*self.labels, "expired").inc()
+        self.metrics.in_flight.labels(*self.labels).set(self.in_flight)
+        self.poke()
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -321,7 +333,9 @@ class Consumer:
                 await self._publish_heartbeat()
             except Exception as exc:
                 log.debug("heartbeat not sent: %r", exc)
-            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._heartbeat_now.wait(), self.settings.heartbeat_interval_s)
+            self._heartbeat_now.clear()
 
     async def _publish_heartbeat(self) -> None:
         st, s = self.settings, self.watcher.latest
@@ -337,6 +351,8 @@ class Consumer:
             running=s.running if s else None,
             waiting=s.waiting if s else None,
             kv_cache_usage=s.kv_cache_usage if s else None,
+            control=self._control_name,
+            epoch=self._epoch,
         )
         await amqp.publish(
             self.channel, "", hb.dumps(), exchange=self.heartbeats.name,

@@ -34,6 +34,12 @@ class ConsumerSettings(CommonSettings):
     lease_ttl_s: float = Field(
         120.0, gt=0, description="A lease neither released nor renewed (senders renew every ttl/3) is reclaimed"
     )
+    lease_reconcile_s: float = Field(
+        10.0,
+        gt=0,
+        description="After a broker reconnect, a lease no sender renews within this time is reclaimed "
+        "(its release may have been lost)",
+    )
     heartbeat_interval_s: float = Field(1.0, gt=0, description="How often the replica announces itself")
     forward_priority: bool = Field(False, description="Send the ticket priority to vLLM (--scheduling-policy priority)")
     shutdown_grace_s: float = Field(30.0, ge=0, description="How long granted requests may finish at shutdown")

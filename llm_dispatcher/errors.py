@@ -3,21 +3,22 @@
     DispatcherError                      (status, type, code)
     ├── AuthenticationError              401 invalid_api_key
     ├── InvalidRequestError              400 invalid_request_error
-    │   └── PayloadTooLargeError         413 request_too_large
+    │   ├── PayloadTooLargeError         413 request_too_large
+    │   └── RequestTimeoutError          408 request_timeout (the body did not arrive in time)
+    ├── UnknownURLError                  404 unknown_url (a path the gateway does not forward)
     ├── ModelNotFoundError               404 model_not_found
     ├── OverThresholdError               429 queue_over_threshold (+ Retry-After)
     ├── ServiceUnavailableError          503 (+ Retry-After)
     │   ├── QueueTimeoutError            503 queue_timeout
     │   ├── NoReplicaError               503 no_live_replica
     │   └── BrokerUnavailableError       503 broker_unavailable
-    └── UpstreamError                    502 upstream_unreachable
+    ├── UpstreamError                    502 upstream_unreachable
+    └── InternalError                    500 internal_error (a bug: logged with its traceback)
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
-
-import orjson
 
 
 class DispatcherError(Exception):
@@ -57,16 +58,21 @@ class PayloadTooLargeError(InvalidRequestError):
     code = "request_too_large"
 
 
+class RequestTimeoutError(InvalidRequestError):
+    status = 408
+    code = "request_timeout"
+
+
+class UnknownURLError(DispatcherError):
+    status = 404
+    type = "invalid_request_error"
+    code = "unknown_url"
+
+
 class ModelNotFoundError(DispatcherError):
     status = 404
     type = "invalid_request_error"
     code = "model_not_found"
-
-
-class PermissionDeniedError(DispatcherError):
-    status = 403
-    type = "permission_error"
-    code = "model_not_allowed"
 
 
 class OverThresholdError(DispatcherError):
@@ -99,9 +105,19 @@ class UpstreamError(DispatcherError):
     code = "upstream_unreachable"
 
 
+class InternalError(DispatcherError):
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+
 def error_body(message: str, type_: str, param: str | None = None, code: str | int | None = None) -> dict:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def error_bytes(exc: DispatcherError) -> bytes:
-    return orjson.dumps(exc.body())
+def shorten(value: str, limit: int = 64) -> str:
+    """A client-chosen string fit to echo in a message or a log: at most `limit` characters, control
+    characters escaped (a 100 KB model name, NUL bytes included, is never repeated back whole)."""
+    cut = value[:limit]
+    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in cut)
+    return shown + "…" if len(value) > limit else shown

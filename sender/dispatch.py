@@ -3,6 +3,11 @@
 One future per waiting request, keyed by ticket id and removed when the wait ends however it ends
 (so a cancelled wait never leaks). A grant nobody waits for any more (client gone, timed out, or a
 redelivered ticket granted twice) is released at once, so it never holds a slot.
+
+Releases are never dropped on a send failure: they wait (bounded) and go out after the reconnect. A
+release that the broker lost anyway (it died with it in a buffer) is covered by the consumer: after
+its own reconnect it reclaims every lease no sender renews, and this sender renews the leases it
+still holds as soon as a consumer's heartbeat shows that new connection epoch.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage
@@ -25,6 +31,8 @@ from sender.registry import Registry
 from sender.settings import SenderSettings
 
 log = logging.getLogger(__name__)
+
+MAX_PENDING_RELEASES = 100_000  # beyond that the consumers' reconciliation reclaims the leases
 
 
 class Dispatcher:
@@ -43,10 +51,12 @@ class Dispatcher:
         self._renew_wakeup = asyncio.Event()
         self.connected = False
         self._tasks: list[asyncio.Task] = []
+        self._pending_releases: deque[tuple[Grant, int, str]] = deque(maxlen=MAX_PENDING_RELEASES)
+        self._flush_task: asyncio.Task | None = None
+        self._epochs: dict[str, int] = {}  # consumer control queue -> its connection epoch, from heartbeats
 
     async def start(self) -> None:
         self.connection = await amqp.connect(self.settings.amqp_url, f"sender:{self._reply_name}")
-        self._pending_releases: list[tuple[Grant, int, str]] = []
         self.connection.close_callbacks.add(self._on_close)
         self.connection.reconnect_callbacks.add(self._on_reconnect)
         self.channel = await self.connection.channel(publisher_confirms=False)
@@ -89,14 +99,20 @@ class Dispatcher:
         self.connected = True
         log.info("broker connection restored")
         asyncio.get_running_loop().create_task(self._consume_replies()).add_done_callback(_log_failure)
-        if self._pending_releases:
-            task = asyncio.get_running_loop().create_task(self._flush_releases())
-            task.add_done_callback(_log_failure)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._pending_releases and (self._flush_task is None or self._flush_task.done()):
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush_releases())
+            self._flush_task.add_done_callback(_log_failure)
 
     async def _flush_releases(self) -> None:
-        """Releases that ended while the broker was away, sent once consumers have re-subscribed."""
+        """Releases that could not be sent, sent again once consumers have re-subscribed."""
         await asyncio.sleep(1.0)
-        pending, self._pending_releases = self._pending_releases, []
+        if not self.connected:
+            return  # the next reconnect schedules it again
+        pending = list(self._pending_releases)
+        self._pending_releases.clear()
         for grant, status, reason in pending:
             await self.release(grant, status, reason)
 
@@ -246,15 +262,20 @@ class Dispatcher:
 
     async def release(self, grant: Grant, status: int, reason: str) -> None:
         self._held.pop(grant.lease_id, None)
-        if not self.connected:
-            self._pending_releases.append((grant, status, reason))  # sent on reconnect
-            return
-        try:
-            await amqp.publish(
-                self.channel, grant.release_to, Release(grant.lease_id, status, reason).dumps(), message_type="release"
-            )
-        except Exception as exc:
-            log.warning("release of lease %s not sent: %r", grant.lease_id, exc)
+        if self.connected:
+            try:
+                await amqp.publish(
+                    self.channel, grant.release_to, Release(grant.lease_id, status, reason).dumps(),
+                    message_type="release",
+                )
+                return
+            except Exception as exc:
+                log.warning("release of lease %s not sent, kept for after the reconnect: %r", grant.lease_id, exc)
+        if len(self._pending_releases) == self._pending_releases.maxlen:
+            self.metrics.releases_dropped.inc()  # the consumer's reconciliation reclaims it
+        self._pending_releases.append((grant, status, reason))
+        if self.connected:
+            self._schedule_flush()  # the channel failed under a live connection flag: retry soon
 
     async def _renew_loop(self) -> None:
         """Keep the leases of long requests alive: every held lease is renewed at a third of its TTL,
@@ -283,8 +304,23 @@ class Dispatcher:
         except Exception:
             return
         self.registry.update(hb)
+        if hb.control and self._epochs.get(hb.control) != hb.epoch:
+            self._epochs[hb.control] = hb.epoch
+            await self._confirm_leases(hb.control)
         self.metrics.replica_in_flight.labels(hb.model, hb.replica).set(hb.in_flight)
         self.metrics.replica_capacity.labels(hb.model, hb.replica).set(hb.max_concurrency)
+
+
+    async def _confirm_leases(self, control: str) -> None:
+        """A consumer (re)connected: renew at once the leases held there, before it reclaims them."""
+        now = time.monotonic()
+        held = [g.lease_id for g in self._held.values() if g.release_to == control]
+        if not held or not self.connected:
+            return
+        for lease_id in held:
+            self._renewed[lease_id] = now
+        with contextlib.suppress(Exception):
+            await amqp.publish(self.channel, control, Renew(held).dumps(), message_type="renew")
 
 
 def _log_failure(task: asyncio.Task) -> None:

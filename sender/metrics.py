@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from llm_dispatcher.metrics import CounterFunction, new_registry
+
+# The `model` label of requests whose model is not known (never the client's string: bounded labels).
+OTHER_MODEL = "(other)"
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
 class SenderMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
-        self.registry = registry or CollectorRegistry()
+        self.registry = registry or new_registry("sender")
         r = self.registry
         self.requests = Counter(
             "llmd_requests", "Requests answered, by model, priority and HTTP status",
@@ -46,7 +53,11 @@ class SenderMetrics:
             "llmd_replica_capacity", "Max concurrency per replica (heartbeats)", ("model", "replica"), registry=r
         )
         self.replicas_live = Gauge("llmd_replicas_live", "Ready replicas per model", ("model",), registry=r)
-        self.usage_dropped = Gauge(
-            "llmd_usage_records_dropped", "Usage records dropped since start (writer queue full)", registry=r
+        self.releases_dropped = Counter(
+            "llmd_releases_dropped", "Lease releases not kept for resending (too many pending)", registry=r
         )
         self.usage_pending = Gauge("llmd_usage_records_pending", "Usage records waiting to be written", registry=r)
+
+    def count(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """Export a running total kept by another object (the usage writer, the token cache)."""
+        CounterFunction(name, documentation, read, self.registry)

@@ -1,16 +1,27 @@
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from llm_dispatcher.settings import DEFAULT_DATABASE_URL, CommonSettings
+from sender.routes import DEFAULT_FORWARD_PATHS, check_forward_path
 
 
 class SenderSettings(CommonSettings):
     host: str = Field("127.0.0.1", description="Address the sender listens on")
     port: int = Field(8080, description="Port the sender listens on")
+    metrics_host: str = Field("", description="Address of the /metrics listener (empty: the same as host)")
+    metrics_port: int = Field(
+        9464, ge=0, le=65535, description="Port of the /metrics listener, apart from the API port (0: none)"
+    )
+    forward_paths: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_FORWARD_PATHS),
+        description="The POST endpoints dispatched to vLLM (JSON list); any other path is a 404",
+    )
     database_url: str = Field(DEFAULT_DATABASE_URL, description="SQLAlchemy async URL of the token/usage DB")
     tokens_file: str = Field(
-        "", description="JSON/YAML list of tokens {name, token, priority, threshold} upserted at start"
+        "",
+        description="JSON/YAML list of tokens {name, token, priority, threshold} (or a mapping with that list "
+        "under `tokens`) upserted at start",
     )
     auto_migrate: bool = Field(True, description="Apply database migrations at start")
     models: list[str] = Field(default_factory=list, description="Models known even before a replica announces itself")
@@ -20,6 +31,12 @@ class SenderSettings(CommonSettings):
     )
     retry_after_s: float = Field(2.0, gt=0, description="Retry-After sent with 429 and 503")
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Largest request body accepted (413 above)")
+    body_read_timeout_s: float = Field(
+        30.0, gt=0, description="A request body must arrive within this time from the headers (408 after)"
+    )
+    max_header_bytes: int = Field(
+        65536, ge=1024, description="Largest request line + headers accepted (431 above, the connection closed)"
+    )
     token_cache_ttl_s: float = Field(10.0, ge=0, description="How long a token lookup is cached (revocation delay)")
     heartbeat_ttl_s: float = Field(5.0, gt=0, description="A replica is live while its last heartbeat is younger")
     upstream_connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout to vLLM")
@@ -28,3 +45,8 @@ class SenderSettings(CommonSettings):
     usage_flush_interval_s: float = Field(1.0, gt=0, description="Usage records are written in batches this often")
     access_log: bool = Field(True, description="One structured log line per proxied request")
     shutdown_grace_s: float = Field(30.0, ge=0, description="How long in-flight streams may finish at shutdown")
+
+    @field_validator("forward_paths")
+    @classmethod
+    def _forward_paths(cls, paths: list[str]) -> list[str]:
+        return [check_forward_path(p) for p in paths]

@@ -9,6 +9,7 @@ import time
 import httpx
 import openai
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -119,7 +120,7 @@ def test_request_id_is_accepted_and_returned(stack):
 
 def test_sender_metrics_count_requests_tokens_and_latencies(stack):
     client(stack).chat.completions.create(model="sim-model", messages=[{"role": "user", "content": "x"}], max_tokens=2)
-    text = httpx.get(stack.url + "/metrics").text
+    text = httpx.get(stack.metrics_url + "/metrics").text
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for f in text_string_to_metric_families(text)
@@ -130,7 +131,23 @@ def test_sender_metrics_count_requests_tokens_and_latencies(stack):
     assert samples[("llmd_queue_wait_seconds_count", (("model", "sim-model"), ("priority", "5")))] == 1
     assert samples[("llmd_time_to_first_byte_seconds_count", (("model", "sim-model"),))] == 1
     assert samples[("llmd_in_flight", (("model", "sim-model"),))] == 0  # went up and back down
-    assert samples[("llmd_usage_records_dropped", ())] == 0
+    assert samples[("llmd_usage_records_dropped_total", ())] == 0
+
+
+def test_metrics_are_served_apart_from_the_api_port_without_created_series(stack):
+    assert httpx.get(stack.url + "/metrics").status_code == 404  # not on the API port (nor its ingress)
+    client(stack).chat.completions.create(model="sim-model", messages=[{"role": "user", "content": "x"}], max_tokens=1)
+    sender_text = httpx.get(stack.metrics_url + "/metrics").text
+    consumer_text = generate_latest(stack.consumers[0].metrics.registry).decode()
+    for text, service in ((sender_text, "sender"), (consumer_text, "consumer")):
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        assert not [line for line in text.splitlines() if "_created" in line]
+        assert "process_cpu_seconds" in families and "process_resident_memory_bytes" in families
+        (build,) = families["llmd_build_info"].samples
+        assert build.name == "llmd_build_info" and build.labels["service"] == service and build.labels["version"]
+    families = {f.name: f for f in text_string_to_metric_families(sender_text)}
+    assert families["llmd_usage_records_dropped"].type == "counter"
+    assert families["llmd_token_cache_misses"].samples[0].value >= 1
 
 
 def test_liveness_and_readiness(stack):

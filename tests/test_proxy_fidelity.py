@@ -57,7 +57,8 @@ def recording_upstream(seen: list, peers: set):
 
 @pytest.fixture
 def rec(stack_factory):
-    s = stack_factory()
+    # The recorder's own endpoints are forwarded on purpose (a deployment can add paths vLLM serves).
+    s = stack_factory(forward_paths=["/v1/chat/completions", "/v1/some/new/endpoint", "/v1/slow", "/v1/huge", "/v1/x"])
     s.seen, s.peers = [], set()
     s.upstream = s.add_asgi(recording_upstream(s.seen, s.peers))
     s.add_consumer("rec", s.upstream, max_concurrency=64)

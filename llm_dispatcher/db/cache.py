@@ -3,7 +3,9 @@
 Positive and negative lookups are cached for `ttl_s` (so revocation and new tokens take effect
 within that time); concurrent lookups of the same uncached token share one query; expiry is
 evaluated on every call against the cached record. If a refresh fails because the database is down,
-a stale entry is served rather than locking every client out.
+a stale entry is served rather than locking every client out; a token seen for the first time gets a
+generic 503 with Retry-After (the database's own error text stays in the log, reported once, then as
+a count).
 """
 
 from __future__ import annotations
@@ -17,14 +19,17 @@ from datetime import datetime
 
 from llm_dispatcher.db.errors import DatabaseUnavailableError
 from llm_dispatcher.db.models import TokenRecord, utcnow
-from llm_dispatcher.db.store import Store, hash_token
+from llm_dispatcher.db.store import Store
+from llm_dispatcher.db.tokens import hash_token
 from llm_dispatcher.errors import AuthenticationError
+from llm_dispatcher.logs import RepeatedFailureLog
 
 log = logging.getLogger(__name__)
 
 MISSING_MESSAGE = "Missing API key. Send it as 'Authorization: Bearer <token>'."
 MALFORMED_MESSAGE = "Malformed Authorization header. Expected 'Authorization: Bearer <token>'."
 UNKNOWN_MESSAGE = "Invalid API key."
+UNAVAILABLE_MESSAGE = "The token database is unavailable; retry later."
 REVOKED_MESSAGE = "This API key has been revoked."
 EXPIRED_MESSAGE = "This API key expired at {expires_at}."
 
@@ -48,6 +53,7 @@ class TokenCache:
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = utcnow,
+        retry_after_s: float = 2.0,
     ):
         self._store = store
         self.ttl_s = ttl_s
@@ -57,8 +63,11 @@ class TokenCache:
         # token hash -> (record or None for "unknown", monotonic time fetched); LRU order
         self._entries: OrderedDict[str, tuple[TokenRecord | None, float]] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[TokenRecord | None]] = {}
+        self.retry_after_s = retry_after_s
         self.hits = 0
         self.misses = 0
+        self.stale_served = 0
+        self._failures = RepeatedFailureLog(log, "token lookups")
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -95,14 +104,15 @@ class TokenCache:
             fut.add_done_callback(lambda f: self._done(key, f))
         try:
             # shield: a client that goes away does not cancel the lookup the others are waiting on
-            return await asyncio.shield(fut)
+            record = await asyncio.shield(fut)
         except Exception as exc:
+            self._failures.failed(exc)
             if entry is not None:
-                log.warning("token lookup failed, serving the cached entry", exc_info=True)
+                self.stale_served += 1
                 return entry[0]
-            if isinstance(exc, DatabaseUnavailableError):
-                raise
-            raise DatabaseUnavailableError(f"token lookup failed: {exc}") from exc
+            raise DatabaseUnavailableError(UNAVAILABLE_MESSAGE, retry_after=self.retry_after_s) from exc
+        self._failures.succeeded()
+        return record
 
     def _done(self, key: str, fut: asyncio.Future[TokenRecord | None]) -> None:
         self._inflight.pop(key, None)

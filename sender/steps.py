@@ -1,0 +1,220 @@
+"""The steps of one dispatched request, each reusable on its own (a batch line, a per-key limit or a
+fairness stage calls the ones it needs):
+
+    admit     auth → body → model → threshold (pure apart from the token lookup and the depth read)
+    dispatch  ticket → grant (the wait in the model's priority queue)
+    relay     the request to the granted replica, its answer relayed as it arrives
+    record    release, metrics, access log, usage — whatever happened before
+
+Every step fills the request's `Outcome`; `record` reads only that.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from llm_dispatcher.db import TokenRecord, UsageRecord
+from llm_dispatcher.errors import (
+    ModelNotFoundError,
+    NoReplicaError,
+    OverThresholdError,
+    UpstreamError,
+    shorten,
+)
+from llm_dispatcher.protocol import Grant, clamp_priority
+from sender import proxy
+from sender.context import SenderContext
+from sender.metrics import OTHER_MODEL
+from sender.requests import parse_body, read_body, read_headers, requested_priority, upstream_body
+from sender.usage import Tail, UsageEventFilter
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("sender.access")  # one line per request (LLMD_ACCESS_LOG), apart from the rest
+
+
+class UpstreamBroken(Exception):
+    """vLLM failed after the response had started: the relayed response was cut short."""
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Everything known about one request when it ends, however it ends."""
+
+    started: float
+    request_id: str
+    model: str = ""  # as the client sent it, shortened (safe to log and store)
+    model_label: str = OTHER_MODEL  # bounded: a known model's name or one bucket
+    priority: int = 0
+    status: int = 0
+    reason: str = "done"
+    token: TokenRecord | None = None
+    grant: Grant | None = None
+    queue_depth: int | None = None
+    queue_wait_s: float = 0.0
+    ttfb_s: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    def fail(self, status: int, reason: str) -> None:
+        self.status, self.reason = status, reason
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    token: TokenRecord
+    body: bytes
+    payload: dict
+    model: str
+    priority: int
+
+
+# -- admit -----------------------------------------------------------------------------------------
+async def admit(ctx: SenderContext, scope, receive, outcome: Outcome) -> Admission:
+    """The token, the body and the model, checked; the priority clamped; the threshold applied to the
+    model queue's real depth. Raises a DispatcherError (the OpenAI error to answer) or ClientGone."""
+    settings = ctx.settings
+    headers = read_headers(scope["headers"])
+    token = outcome.token = await ctx.tokens.authenticate(headers.authorization)
+    body = await read_body(receive, settings.max_body_bytes, headers.content_length, settings.body_read_timeout_s)
+    payload = parse_body(body)
+    model = payload["model"]
+    outcome.model = shorten(model)
+    if not token.allows(model) or not ctx.registry.known(model):
+        raise ModelNotFoundError(
+            f"The model `{outcome.model}` does not exist or you do not have access to it.", param="model"
+        )
+    outcome.model_label = model
+    if ctx.draining:
+        raise NoReplicaError("the gateway is shutting down", retry_after=settings.retry_after_s)
+    if not ctx.registry.live(model):
+        raise NoReplicaError(f"no replica of model '{model}' is live", retry_after=settings.retry_after_s)
+    priority = outcome.priority = clamp_priority(
+        requested_priority(headers.priority), token.priority, settings.max_priority
+    )
+    depth = outcome.queue_depth = await ctx.dispatcher.depth(model, settings.queue_depth_max_age_s)
+    if depth >= token.threshold:
+        # The depth is for operators (log, metrics), not for the caller.
+        raise OverThresholdError(
+            f"model '{model}' is busy for this key's class of requests; retry later",
+            retry_after=settings.retry_after_s,
+        )
+    return Admission(token=token, body=body, payload=payload, model=model, priority=priority)
+
+
+# -- dispatch --------------------------------------------------------------------------------------
+async def dispatch(ctx: SenderContext, admission: Admission, outcome: Outcome) -> Grant:
+    """Wait in the model's queue for a grant. The caller owns the grant from here: `record` releases it."""
+    grant = outcome.grant = await ctx.dispatcher.acquire(admission.model, admission.priority, outcome.request_id)
+    ctx.metrics.in_flight.labels(admission.model).inc()
+    outcome.queue_wait_s = time.perf_counter() - outcome.started
+    ctx.metrics.queue_wait.labels(admission.model, str(admission.priority)).observe(outcome.queue_wait_s)
+    return grant
+
+
+# -- relay -----------------------------------------------------------------------------------------
+async def relay(
+    ctx: SenderContext,
+    admission: Admission,
+    grant: Grant,
+    path: str,
+    query: bytes,
+    client_headers: list[tuple[bytes, bytes]],
+    send,
+    outcome: Outcome,
+) -> None:
+    """Send the request to the granted replica and relay its answer to `send` (ASGI messages) as it
+    arrives: status and headers as vLLM gave them, bytes unchanged, streams unbuffered."""
+    vllm_priority = ctx.settings.max_priority - admission.priority if grant.forward_priority else None
+    request = upstream_body(admission.body, admission.payload, path, vllm_priority)
+    url = grant.url.rstrip("/") + path
+    if query:
+        url += "?" + query.decode("latin-1")
+    headers = proxy.forwarded_headers(client_headers, outcome.request_id)
+    try:
+        upstream = await ctx.session.post(url, data=request.body, headers=headers)
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise UpstreamError(f"the model server at {grant.replica} could not be reached: {exc!r}") from exc
+    outcome.status = upstream.status
+    sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
+    event_filter = UsageEventFilter() if request.strip_usage and sse else None
+    tail = Tail()
+    ttfb = ctx.metrics.ttfb.labels(admission.model)
+    try:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": upstream.status,
+                "headers": proxy.relayed_headers(upstream, drop_length=event_filter is not None),
+            }
+        )
+        async for chunk in upstream.content.iter_any():
+            if outcome.ttfb_s is None:
+                outcome.ttfb_s = time.perf_counter() - outcome.started
+                ttfb.observe(outcome.ttfb_s)
+            if event_filter is not None:
+                chunk = event_filter.feed(chunk)
+                if not chunk:
+                    continue
+            else:
+                tail.add(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        rest = event_filter.flush() if event_filter is not None else b""
+        await send({"type": "http.response.body", "body": rest, "more_body": False})
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        # Headers are gone already: all we can do is end the response early.
+        log.warning("upstream failed mid-response: %r", exc, extra={"replica": grant.replica})
+        upstream.close()
+        raise UpstreamBroken() from exc
+    finally:
+        upstream.release()
+    if event_filter is not None:
+        outcome.prompt_tokens, outcome.completion_tokens = event_filter.prompt_tokens, event_filter.completion_tokens
+    else:
+        outcome.prompt_tokens, outcome.completion_tokens = tail.usage()
+
+
+# -- record ----------------------------------------------------------------------------------------
+async def record(ctx: SenderContext, method: str, path: str, outcome: Outcome) -> None:
+    """The end of every request: the lease released, metrics, one access-log line, one usage record."""
+    grant, m = outcome.grant, ctx.metrics
+    if grant is not None:
+        await ctx.dispatcher.release(grant, outcome.status, outcome.reason)
+    total = time.perf_counter() - outcome.started
+    if outcome.model:
+        m.requests.labels(outcome.model_label, str(outcome.priority), str(outcome.status)).inc()
+    if grant is not None:
+        m.in_flight.labels(outcome.model_label).dec()
+        m.proxy_latency.labels(outcome.model_label).observe(total)
+        if outcome.prompt_tokens is not None:
+            m.tokens.labels(outcome.model_label, "prompt").inc(outcome.prompt_tokens)
+        if outcome.completion_tokens is not None:
+            m.tokens.labels(outcome.model_label, "completion").inc(outcome.completion_tokens)
+    if ctx.settings.access_log:
+        access_log.info(
+            "%s %s %d in %.1f ms (queued %.1f ms)", method, path, outcome.status, total * 1000,
+            outcome.queue_wait_s * 1000,
+            extra={"request_id": outcome.request_id, "model": outcome.model or None, "priority": outcome.priority,
+                   "status": outcome.status, "replica": grant.replica if grant else None, "reason": outcome.reason,
+                   "queue_depth": outcome.queue_depth},
+        )
+    if outcome.token is not None and outcome.model:
+        ctx.usage.submit(
+            UsageRecord(
+                token_id=outcome.token.id,
+                token_name=outcome.token.name,
+                model=outcome.model,
+                replica=grant.replica if grant else "",
+                priority=outcome.priority,
+                status=outcome.status,
+                prompt_tokens=outcome.prompt_tokens,
+                completion_tokens=outcome.completion_tokens,
+                queue_wait_s=outcome.queue_wait_s,
+                ttfb_s=outcome.ttfb_s,
+                total_s=total,
+                request_id=outcome.request_id,
+            )
+        )
