@@ -105,11 +105,11 @@ def main() -> int:
             results[c] = {"direct": [], "dispatcher": []}
             for _ in range(args.rounds):
                 results[c]["direct"].append(wrk(direct_url, None, c, args.duration, workdir))
-                before = sender_means(stack.url)
+                before = sender_means(stack.metrics_url)
                 cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
                 run = wrk(via_url, token, c, args.duration, workdir)
                 cpu1 = {k: cpu_seconds(p) for k, p in pids.items()}
-                after = sender_means(stack.url)
+                after = sender_means(stack.metrics_url)
                 served = run["rps"] * round(args.duration)
                 run["cpu_ms_per_request"] = {k: (cpu1[k] - cpu0[k]) / served * 1000 for k in pids}
                 run["mean_queue_wait_ms"] = delta_ms(before, after, "llmd_queue_wait_seconds")

@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sim-port", type=int, default=8000, help="port of the simulator when one is started")
     parser.add_argument("--sim-model", default="sim-model", help="model name the simulator serves")
     parser.add_argument("--consumer-port", type=int, default=9090, help="first consumer's /metrics port")
+    parser.add_argument("--metrics-port", type=int, default=9464, help="the sender's /metrics port")
 
 
 def _terminate(_signum, _frame) -> None:
@@ -56,12 +57,12 @@ def run(args: argparse.Namespace) -> int:
         models = sorted({m for m, _ in upstreams})
         for i, (model, url) in enumerate(upstreams):
             stack.start_consumer(url, model=model, port=args.consumer_port + i, LLMD_REPLICA_ID=f"{model}-{i}")
-        stack.start_sender(port=args.port, LLMD_MODELS=json.dumps(models))
+        stack.start_sender(port=args.port, metrics_port=args.metrics_port, LLMD_MODELS=json.dumps(models))
         model = models[0]
         base = f"{stack.url}/v1"
         print(f"""
 llm-dispatcher is running: {base}  (models: {", ".join(models)})
-  metrics: {stack.url}/metrics   consumers: http://127.0.0.1:{args.consumer_port}/metrics
+  metrics: {stack.metrics_url}/metrics   consumers: http://127.0.0.1:{args.consumer_port}/metrics
 
 Create a token (in another shell, from this directory):
   export TOKEN=$(.venv/bin/llm-dispatcher tokens create demo-$RANDOM --priority 5 --threshold 50 --quiet)

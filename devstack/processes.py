@@ -129,12 +129,16 @@ class ProcessStack:
         wait_http(proc.url + "/livez", [proc])  # type: ignore[attr-defined]
         return proc
 
-    def start_sender(self, port: int | None = None, **env: str) -> subprocess.Popen:
+    def start_sender(self, port: int | None = None, metrics_port: int | None = None, **env: str) -> subprocess.Popen:
+        """The sender; its API at `self.url`, its /metrics listener at `self.metrics_url`."""
         self.port = port or free_port()
+        self.metrics_port = metrics_port or free_port()
         self.sender = subprocess.Popen([*EXE, "sender"], env={
-            **self.env, "LLMD_PORT": str(self.port), **self.sender_env, **env})
+            **self.env, "LLMD_PORT": str(self.port), "LLMD_METRICS_PORT": str(self.metrics_port),
+            **self.sender_env, **env})
         self.procs.append(self.sender)
         self.url = f"http://127.0.0.1:{self.port}"
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}"
         wait_http(self.url + "/readyz", self.procs)
         return self.sender
 

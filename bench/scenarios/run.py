@@ -124,7 +124,7 @@ def run_arm(
         load_before = os.getloadavg()[0]
 
         async def drive() -> tuple[list[Record], list[Sample]]:
-            sender = stack.url if arm.mode == DISPATCHER and sample_tickets else None
+            sender = stack.metrics_url if arm.mode == DISPATCHER and sample_tickets else None
             sampler = Sampler(urls, consumers if sample_tickets else [], sender, sample_period)
             task = asyncio.create_task(sampler.run())
             try:

@@ -1,0 +1,122 @@
+"""A private RabbitMQ node on loopback (its own node name, ports and data directory), for tests and
+benchmarks that stop, restart or SIGKILL the broker without touching the machine's shared one.
+
+    with PrivateBroker() as broker:      # started; broker.url is its amqp:// URL
+        broker.kill()                    # SIGKILL: no goodbye to any client
+        broker.start()                   # the same node again (same data, same port)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from devstack.net import free_port
+
+
+def available() -> bool:
+    return shutil.which("rabbitmq-server") is not None
+
+
+class PrivateBroker:
+    def __init__(self, port: int | None = None, start_timeout_s: float = 90.0):
+        self.port = port or free_port()
+        self.dist_port = free_port()
+        self.node = f"llmd-{uuid.uuid4().hex[:8]}@localhost"
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
+        self.start_timeout_s = start_timeout_s
+        self.dir = Path(tempfile.mkdtemp(prefix="llmd-broker-"))
+        (self.dir / "mnesia").mkdir()
+        (self.dir / "log").mkdir()
+        (self.dir / "enabled_plugins").write_text("[].\n")  # no management plugin: no port 15672 clash
+        self._pid: int | None = None
+        self._proc: subprocess.Popen | None = None
+        _give_to_broker_user(self.dir)
+
+    def _env(self) -> dict[str, str]:
+        d = self.dir
+        return {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(d / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(d / "none"),  # not the machine's (it names the shared node's port)
+            "RABBITMQ_PID_FILE": str(d / "pid"),
+        }
+
+    def start(self) -> PrivateBroker:
+        (self.dir / "pid").unlink(missing_ok=True)
+        out = open(self.dir / "server.log", "ab")  # noqa: SIM115 - kept open for the server's life
+        self._proc = subprocess.Popen(["rabbitmq-server"], env=self._env(), stdout=out, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        deadline = time.monotonic() + self.start_timeout_s
+        while not self.accepting():
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"rabbitmq-server exited ({self._proc.returncode}); see {self.dir}/server.log")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"private broker not up within {self.start_timeout_s:g} s; see {self.dir}")
+            time.sleep(0.2)
+        pid_file = self.dir / "pid"
+        self._pid = int(pid_file.read_text().strip()) if pid_file.exists() else None
+        return self
+
+    def accepting(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL the node (the Erlang VM): connections drop without a close frame."""
+        if self._pid is not None:
+            try:
+                os.kill(self._pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._pid = None
+        if self._proc is not None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._proc.wait(10)
+            self._proc = None
+        deadline = time.monotonic() + 10
+        while self.accepting() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> PrivateBroker:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _give_to_broker_user(path: Path) -> None:
+    """rabbitmq-server run as root switches to the `rabbitmq` user: it must own its directories."""
+    if os.geteuid() != 0:
+        return
+    try:
+        import pwd
+
+        user = pwd.getpwnam("rabbitmq")
+    except (KeyError, ImportError):
+        return
+    for p in [path, *path.rglob("*")]:
+        os.chown(p, user.pw_uid, user.pw_gid)
