@@ -205,3 +205,36 @@ async def test_the_consumer_admission_reads_the_real_metrics(stack):
     assert registry.get_sample_value("llmd_consumer_vllm_metrics_fresh", labels) == 1
     assert registry.get_sample_value("llmd_consumer_vllm_healthy", labels) == 1
     assert registry.get_sample_value("llmd_consumer_vllm_generation_tokens_per_second", labels) is not None
+
+
+FORWARDED_BODIES = {
+    "/v1/chat/completions": {"messages": MESSAGES, "max_tokens": 1},
+    "/v1/completions": {"prompt": "Paris is", "max_tokens": 1},
+    "/v1/responses": {"input": "Paris is", "max_output_tokens": 1},
+    "/v1/messages": {"messages": MESSAGES, "max_tokens": 1},
+    "/v1/messages/count_tokens": {"messages": MESSAGES},
+    "/v1/embeddings": {"input": "Paris"},  # routes of pooling models: a generative vLLM answers its own 404
+    "/v1/rerank": {"query": "capital", "documents": ["Paris"]},
+    "/v1/score": {"text_1": "capital", "text_2": "Paris"},
+}
+GENERATIVE = {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages", "/v1/messages/count_tokens"}
+
+
+def test_every_forwarded_endpoint_reaches_the_real_vllm_and_its_operator_routes_never_do(stack):
+    from sender.routes import DEFAULT_FORWARD_PATHS
+
+    assert set(FORWARDED_BODIES) == set(DEFAULT_FORWARD_PATHS)
+    headers = {"authorization": f"Bearer {stack.token}"}
+    for path, body in FORWARDED_BODIES.items():
+        r = httpx.post(stack.url + path, json={"model": stack.model, **body}, headers=headers, timeout=60)
+        assert r.json().get("error", {}).get("code") != "unknown_url", path  # the gateway forwarded it
+        if path in GENERATIVE:
+            assert r.status_code == 200, (path, r.text)
+        else:
+            assert r.status_code == 404 and r.json() == {"detail": "Not Found"}, (path, r.text)  # vLLM's own
+    for path in ("/v1/../sleep", "/v1/%2e%2e/reset_prefix_cache", "/v1/load_lora_adapter", "/v1/models",
+                 "/collective_rpc", "/start_profile", "/pause"):
+        r = httpx.post(stack.url + path, json={"model": stack.model}, headers=headers, timeout=10)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url", (path, r.text)
+    assert httpx.get(stack.upstream + "/health").status_code == 200
+    stack.wait_idle(timeout=30)
