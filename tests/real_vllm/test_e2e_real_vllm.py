@@ -1,7 +1,7 @@
 """End to end against a REAL vLLM: the official OpenAI client → sender → RabbitMQ → consumer → vLLM 0.32
 on CPU (``real_vllm`` fixture, SmolLM2-135M served as ``smollm2``), and back.
 
-The same paths as tests/test_e2e_openai.py, with the simulator replaced by the real engine; and the
+The same paths as tests/e2e/test_e2e_openai.py, with the simulator replaced by the real engine; and the
 consumer's admission reading the real ``/metrics``. Generations stay short (max_tokens <= 8): the
 engine does about 12 tokens/s.
 """

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from consumer.settings import ConsumerSettings
 from sender.settings import SenderSettings
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 DOCUMENTED = set(re.findall(r"^\| `(LLMD_[A-Z0-9_]+)` \|", README, re.M))
 
 

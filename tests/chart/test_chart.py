@@ -29,9 +29,9 @@ import yaml
 from consumer.settings import ConsumerSettings
 from sender.settings import SenderSettings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "llm-dispatcher"
-SCENARIOS = Path(__file__).resolve().parent / "chart_scenarios"
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 KUBE_VERSION = "1.30.0"
 RELEASE, NAMESPACE = "llmd", "ai"
 CUSTOM_KINDS = {("rabbitmq.com/v1beta1", "RabbitmqCluster"), ("monitoring.coreos.com/v1", "ServiceMonitor")}
