@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast test-real-vllm lint bench services real-vllm real-vllm-stop clean
+.PHONY: run test test-fast test-unit test-real-vllm lint bench services real-vllm real-vllm-stop clean
 
 REAL_VLLM_PORT ?= 18000
 
@@ -24,9 +24,13 @@ run: $(STAMP) services
 test: $(STAMP) services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Everything except the real-vLLM tier (it installs and starts a real vLLM on CPU: minutes).
+# Every tier except real vLLM (tests/real_vllm's engine half installs and starts a real vLLM on CPU: minutes).
 test-fast: $(STAMP) services
 	$(BIN)/python -m pytest -m 'not real_vllm' $(PYTEST_ARGS)
+
+# The unit tier alone (tests/unit: pure logic, no service needed): seconds.
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 # The real vLLM tier alone (installs vLLM for CPU and a small model once, under ~/.cache/llm-dispatcher).
 test-real-vllm: $(STAMP) services

@@ -353,8 +353,9 @@ def check_command(command: Command, installs: list[tuple[str, str, dict]]) -> st
         module, rest = argv[2], argv[3:]
         found = importlib.util.find_spec(module) or (ROOT / module.replace(".", "/") / "__main__.py").is_file()
         assert found, f"no module {module}"
-        paths = [a for a in rest if a.endswith(".py")]
-        assert all((ROOT / a).is_file() for a in paths), f"no file among {paths}"
+        paths = [a.split("::")[0] for a in rest if a.endswith(".py") or a.startswith("tests/")]
+        assert all((ROOT / a).is_file() if a.endswith(".py") else (ROOT / a).is_dir() for a in paths), \
+            f"no file or test directory among {paths}"
         if module == "pytest" and "-m" in rest:
             markers = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
             marker = rest[rest.index("-m") + 1].removeprefix("not ").strip()
