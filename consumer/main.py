@@ -7,11 +7,13 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Callable
 
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from consumer.metrics import ConsumerMetrics
 from consumer.service import Consumer
 from consumer.settings import ConsumerSettings
 from llm_dispatcher.logs import setup_logging
@@ -22,7 +24,8 @@ log = logging.getLogger(__name__)
 EXIT_PORT_UNAVAILABLE = 1  # as uvicorn (the sender, the simulator) exits when its port is taken
 
 
-def create_http_app(consumer: Consumer) -> FastAPI:
+def create_http_app(metrics: ConsumerMetrics, consumer: Callable[[], Consumer | None]) -> FastAPI:
+    """Probes and /metrics, served from the start: not ready until `consumer()` gives a running one."""
     app = FastAPI(title="llm-dispatcher consumer", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/livez")
@@ -31,12 +34,14 @@ def create_http_app(consumer: Consumer) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        state = consumer.state()
-        return JSONResponse(state, status_code=200 if consumer.ready else 503)
+        c = consumer()
+        if c is None:
+            return JSONResponse({"ready": False, "starting": True}, status_code=503)
+        return JSONResponse(c.state(), status_code=200 if c.ready else 503)
 
     @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(consumer.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
@@ -56,11 +61,14 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 
 async def serve(settings: ConsumerSettings, sock: socket.socket) -> None:
-    consumer = Consumer(settings)
-    server = uvicorn_server(create_http_app(consumer), settings.host, settings.port, settings.log_level)
+    metrics = ConsumerMetrics()
+    holder: list[Consumer] = []
+    app = create_http_app(metrics, lambda: holder[0] if holder else None)
+    server = uvicorn_server(app, settings.host, settings.port, settings.log_level)
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # ours: drain first
     http_task = asyncio.create_task(server.serve(sockets=[sock]))
-    await consumer.start()
+    consumer = await Consumer.create(settings, metrics)
+    holder.append(consumer)
     await wait_for_signal()
     log.info("draining: no new tickets, waiting for %d granted requests", consumer.in_flight)
     await consumer.drain()

@@ -15,8 +15,10 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
+from dataclasses import dataclass
 
-from aio_pika.abc import AbstractIncomingMessage
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractQueue
 from aiormq.abc import DeliveredMessage
 
 from consumer.leases import LeaseTable
@@ -32,10 +34,34 @@ log = logging.getLogger(__name__)
 _CANCELLED_MEMORY = 100_000  # ticket ids remembered as abandoned (bounded)
 
 
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """What the consumer declared on the broker: its model queue, the exchanges, its control queue."""
+
+    queue: AbstractQueue
+    heartbeats: AbstractExchange
+    control: AbstractQueue
+
+    @classmethod
+    async def declare(cls, channel: AbstractChannel, st: ConsumerSettings, control_name: str) -> Topology:
+        queue = await amqp.declare_model_queue(channel, st.queue_prefix, st.model, st.max_priority)
+        heartbeats = await amqp.declare_fanout(channel, protocol.heartbeat_exchange(st.queue_prefix))
+        cancels = await amqp.declare_fanout(channel, protocol.cancel_exchange(st.queue_prefix))
+        control = await channel.declare_queue(control_name, exclusive=True, auto_delete=True)
+        await control.bind(cancels)
+        return cls(queue, heartbeats, control)
+
+
 class Consumer:
-    def __init__(self, settings: ConsumerSettings, metrics: ConsumerMetrics | None = None):
+    """Built by `await Consumer.create(settings)`: watching vLLM, connected and pulling when it returns."""
+
+    def __init__(self, settings: ConsumerSettings, metrics: ConsumerMetrics, link: amqp.BrokerLink,
+                 topology: Topology, control_name: str):
         self.settings = settings
-        self.metrics = metrics or ConsumerMetrics()
+        self.metrics = metrics
+        self.link = link
+        self.channel = link.channel
+        self.queue, self.heartbeats, self.control = topology.queue, topology.heartbeats, topology.control
         self.labels = (settings.model, settings.replica_id)
         self.limits = Limits(
             max_concurrency=settings.max_concurrency,
@@ -57,17 +83,46 @@ class Consumer:
             labels=self.labels,
         )
         self.draining = False
-        self.connected = False
         self._epoch = 0  # bumped on every broker reconnect, announced in heartbeats
         self._heartbeat_now = asyncio.Event()
         self._cancelled: OrderedDict[str, None] = OrderedDict()
         self._consumer_tag: str | None = None
-        self._prefetch = 0
+        self._consumer_channel: aiormq.abc.AbstractChannel | None = None
+        self._prefetch = 1
         self._gate_lock = asyncio.Lock()
         self._gate_wakeup = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
-        self._control_name = f"{settings.queue_prefix}.ctl.{settings.replica_id}.{uuid.uuid4().hex[:8]}"
+        self._control_name = control_name
         self.metrics.capacity.labels(*self.labels).set(settings.max_concurrency)
+        link.on_lost(self._on_lost)
+        link.on_restored(self._on_restored)
+
+    @classmethod
+    async def create(cls, settings: ConsumerSettings, metrics: ConsumerMetrics | None = None) -> Consumer:
+        st = settings
+        control_name = f"{st.queue_prefix}.ctl.{st.replica_id}.{uuid.uuid4().hex[:8]}"
+        link = await amqp.BrokerLink.open(st.amqp_url.get_secret_value(),
+                                          f"consumer:{st.queue_prefix}:{st.model}:{st.replica_id}")
+        try:
+            await link.channel.set_qos(prefetch_count=1)
+            topology = await Topology.declare(link.channel, st, control_name)
+            self = cls(st, metrics or ConsumerMetrics(), link, topology, control_name)
+            await self.watcher.start()
+            link.channel.return_callbacks.add(self._on_returned)  # type: ignore[arg-type]
+            await self.control.consume(self._on_control, no_ack=True)
+        except BaseException:
+            await link.close()
+            raise
+        link.spawn(self._gate_loop(), "gate")
+        link.spawn(self._heartbeat_loop(), "heartbeat")
+        link.spawn(self._expiry_loop(), "lease-expiry")
+        self.poke()
+        log.info("consumer of %s for %s started (max_concurrency=%d)", st.model, st.advertise_url,
+                 st.max_concurrency, extra={"model": st.model, "replica": st.replica_id})
+        return self
+
+    @property
+    def connected(self) -> bool:
+        return self.link.connected
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -110,32 +165,6 @@ class Consumer:
         self._gate_wakeup.set()
 
     # -- life cycle ----------------------------------------------------------------------------
-    async def start(self) -> None:
-        st = self.settings
-        await self.watcher.start()
-        self.connection = await amqp.connect(st.amqp_url, f"consumer:{st.queue_prefix}:{st.model}:{st.replica_id}")
-        self.connection.reconnect_callbacks.add(self._on_reconnect)
-        self.connection.close_callbacks.add(self._on_close)
-        self.channel = await self.connection.channel(publisher_confirms=False)
-        await self.channel.set_qos(prefetch_count=1)
-        self._prefetch = 1
-        self.channel.return_callbacks.add(self._on_returned)  # type: ignore[arg-type]
-        self.queue = await amqp.declare_model_queue(self.channel, st.queue_prefix, st.model, st.max_priority)
-        self.heartbeats = await amqp.declare_fanout(self.channel, protocol.heartbeat_exchange(st.queue_prefix))
-        cancels = await amqp.declare_fanout(self.channel, protocol.cancel_exchange(st.queue_prefix))
-        self.control = await self.channel.declare_queue(self._control_name, exclusive=True, auto_delete=True)
-        await self.control.bind(cancels)
-        await self.control.consume(self._on_control, no_ack=True)
-        self.connected = True
-        self._tasks = [
-            asyncio.create_task(self._gate_loop(), name="gate"),
-            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
-            asyncio.create_task(self._expiry_loop(), name="lease-expiry"),
-        ]
-        self.poke()
-        log.info("consumer of %s for %s started (max_concurrency=%d)", st.model, st.advertise_url,
-                 st.max_concurrency, extra={"model": st.model, "replica": st.replica_id})
-
     async def drain(self, grace_s: float | None = None) -> None:
         """Stop pulling, tell the senders, let granted requests finish (up to the grace period)."""
         self.draining = True
@@ -152,33 +181,25 @@ class Consumer:
     async def stop(self) -> None:
         """Leave: cancel the subscription (unacked tickets return to the queue), say goodbye, close."""
         self.draining = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await self._set_pulling(False)
-        with contextlib.suppress(Exception):
+
+        async def goodbye() -> None:
+            with contextlib.suppress(Exception):
+                await self._set_pulling(False)
             await self._publish_heartbeat()  # ready=False: senders stop routing here at once
-        self.connected = False
-        with contextlib.suppress(Exception):
-            await self.connection.close()
+
+        await self.link.close(before_closing=goodbye)
         await self.watcher.stop()
 
-    def _on_close(self, *_args) -> None:
-        if not self.connected:
-            return  # our own close
-        self.connected = False
+    def _on_lost(self) -> None:
         self._consumer_tag = None  # the broker forgot the subscription with the channel
-        log.warning("broker connection lost; reconnecting")
 
-    def _on_reconnect(self, *_args) -> None:
+    def _on_restored(self) -> None:
         """Releases sent while the broker was away are lost: every lease is in doubt until its sender
         renews it (senders renew at once when a heartbeat shows the new epoch); the rest expire."""
-        self.connected = True
         self._epoch += 1
         grace = self.settings.lease_reconcile_s
         doubtful = self.leases.doubt(grace)
-        log.info("broker connection restored; %d leases to be confirmed within %g s", doubtful, grace)
+        log.info("%d leases to be confirmed within %g s", doubtful, grace)
         asyncio.get_running_loop().call_later(grace + 0.05, self._expire_leases)
         self._heartbeat_now.set()
         self.poke()
@@ -207,12 +228,12 @@ class Consumer:
                     await self.channel.set_qos(prefetch_count=prefetch)
                     self._prefetch = prefetch
                 # Straight on the aiormq channel (the hot path); after a reconnect the gate subscribes anew.
-                raw = await self.channel.get_underlay_channel()
+                raw = await self.link.raw()
                 ok = await raw.basic_consume(self.queue.name, self._on_ticket)
                 self._consumer_tag, self._consumer_channel = ok.consumer_tag, raw
             elif not on and self._consumer_tag is not None:
                 tag, self._consumer_tag = self._consumer_tag, None
-                if not self._consumer_channel.is_closed:
+                if self._consumer_channel is not None and not self._consumer_channel.is_closed:
                     await self._consumer_channel.basic_cancel(tag)
             self.metrics.pulling.labels(*self.labels).set(1 if self._consumer_tag else 0)
 
@@ -221,10 +242,8 @@ class Consumer:
         m, lab = self.metrics, self.labels
         channel = message.channel
         tag: int = message.delivery.delivery_tag  # type: ignore[union-attr,assignment]  # a Deliver here
-        try:
-            ticket = Ticket.loads(message.body)
-        except Exception:
-            log.error("malformed ticket dropped: %r", message.body[:200])
+        ticket = amqp.decode(Ticket, message.body, "ticket")
+        if ticket is None:
             m.dropped.labels(*lab, "malformed").inc()
             await channel.basic_reject(tag, requeue=False)
             return
@@ -261,9 +280,8 @@ class Consumer:
             lease_ttl_s=self.settings.lease_ttl_s,
         )
         try:
-            await amqp.publish(
-                self.channel, message.header.properties.reply_to or "", grant.dumps(), correlation_id=ticket.id,
-                mandatory=True,
+            await self.link.publish(
+                message.header.properties.reply_to or "", grant.dumps(), correlation_id=ticket.id, mandatory=True
             )
         except Exception:
             log.exception("could not send grant; ticket goes back to the queue", extra={"ticket_id": ticket.id})
@@ -280,9 +298,8 @@ class Consumer:
 
     def _on_returned(self, message: AbstractIncomingMessage) -> None:
         """A grant came back unroutable: its sender is gone. Free the slot."""
-        try:
-            grant = Grant.loads(message.body)
-        except Exception:
+        grant = amqp.decode(Grant, message.body, "returned grant")
+        if grant is None:
             return
         self.metrics.dropped.labels(*self.labels, "sender_gone").inc()
         self._end_lease(grant.lease_id, "sender_gone")
@@ -354,9 +371,8 @@ class Consumer:
             control=self._control_name,
             epoch=self._epoch,
         )
-        await amqp.publish(
-            self.channel, "", hb.dumps(), exchange=self.heartbeats.name,
-            expiration_s=max(1.0, st.heartbeat_interval_s * 3),
+        await self.link.publish(
+            "", hb.dumps(), exchange=self.heartbeats.name, expiration_s=max(1.0, st.heartbeat_interval_s * 3)
         )
 
     def state(self) -> dict:

@@ -1,18 +1,136 @@
-"""Broker plumbing both services share: connecting and declaring the topology of protocol.py."""
+"""Broker plumbing both services share: the connection's life cycle, declaring the topology of
+protocol.py, publishing on the hot path, and the one place where aio-pika/aiormq errors become the
+project's (`broker_errors`, as httpx maps httpcore's exceptions at its transport).
+
+    link = await BrokerLink.open(url, "sender:...", on_lost=..., on_restored=...)
+    link.connected          False from a lost connection until it is restored (never raised)
+    link.spawn(coro, name)  a background task kept until it ends, cancelled by close()
+    await link.publish(...) BrokerUnavailableError when the broker cannot take it
+    await link.close()      tasks cancelled, then the connection closed: one shutdown for both services
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any, TypeVar
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from pamqp.commands import Basic
 
 from llm_dispatcher import protocol
+from llm_dispatcher.errors import BrokerUnavailableError
 
 log = logging.getLogger(__name__)
 
 RECONNECT_INTERVAL_S = 1.0
+M = TypeVar("M", bound=protocol.Message)
+
+# What a broker operation raises when the broker is away or the channel is closing.
+_BROKER_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, asyncio.TimeoutError)
+
+
+@contextlib.contextmanager
+def broker_errors(retry_after_s: float | None = None, what: str = "the message broker is unreachable"
+                  ) -> Iterator[None]:
+    """aio-pika / aiormq / socket failures become BrokerUnavailableError (503 at the HTTP edge)."""
+    try:
+        yield
+    except _BROKER_ERRORS as exc:
+        raise BrokerUnavailableError(what, retry_after=retry_after_s) from exc
+
+
+def decode(cls: type[M], body: bytes, what: str) -> M | None:
+    """A message off the broker, or None (logged, dropped) if it is not one: a malformed message is
+    never retried and never stops a consumer."""
+    try:
+        return cls.loads(body)
+    except protocol.MalformedMessage as exc:
+        log.error("malformed %s dropped: %s (%r)", what, exc, body[:200])
+        return None
+
+
+class BrokerLink:
+    """A robust connection and its channel, with what each service keeps around them."""
+
+    def __init__(self, connection: AbstractRobustConnection, channel: AbstractChannel, retry_after_s: float):
+        self.connection = connection
+        self.channel = channel
+        self.retry_after_s = retry_after_s
+        self.connected = True
+        self._tasks: set[asyncio.Task] = set()
+        self._closing = False
+        self._on_lost: list[Callable[[], None]] = []
+        self._on_restored: list[Callable[[], None]] = []
+        connection.close_callbacks.add(self._lost)
+        connection.reconnect_callbacks.add(self._restored)
+
+    @classmethod
+    async def open(cls, url: str, name: str, *, retry_after_s: float = 2.0) -> BrokerLink:
+        connection = await connect(url, name)
+        channel = await connection.channel(publisher_confirms=False)
+        return cls(connection, channel, retry_after_s)
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        self._on_lost.append(callback)
+
+    def on_restored(self, callback: Callable[[], None]) -> None:
+        self._on_restored.append(callback)
+
+    def _lost(self, *_args: Any) -> None:
+        if self._closing:
+            return  # our own close
+        was, self.connected = self.connected, False
+        if was:
+            log.warning("broker connection lost; reconnecting")
+        for callback in self._on_lost:
+            callback()
+
+    def _restored(self, *_args: Any) -> None:
+        self.connected = True
+        log.info("broker connection restored")
+        for callback in self._on_restored:
+            callback()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
+        """A background task, referenced until it ends (a failure is logged), cancelled by close()."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("broker task %s failed: %r", task.get_name(), task.exception())
+
+    async def raw(self) -> aiormq.abc.AbstractChannel:
+        with broker_errors(self.retry_after_s):
+            return await self.channel.get_underlay_channel()
+
+    async def publish(self, routing_key: str, body: bytes, **kwargs: Any) -> None:
+        if not self.connected:
+            raise BrokerUnavailableError("the message broker is unreachable", retry_after=self.retry_after_s)
+        with broker_errors(self.retry_after_s):
+            await publish(self.channel, routing_key, body, **kwargs)
+
+    async def close(self, before_closing: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Cancel the background tasks, run `before_closing` (goodbyes), close the connection."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if before_closing is not None:
+            with contextlib.suppress(Exception):
+                await before_closing()
+        self._closing = True
+        self.connected = False
+        with contextlib.suppress(Exception):
+            await self.connection.close()
 
 
 async def connect(url: str, name: str) -> AbstractRobustConnection:

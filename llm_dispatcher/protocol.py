@@ -139,6 +139,7 @@ class _Message:
             ) from None
 
 
+Message = _Message  # the base of every message type, for annotations outside this module
 _M = TypeVar("_M", bound=type[_Message])
 
 

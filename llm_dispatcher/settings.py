@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+import ipaddress
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llm_dispatcher.protocol import DEFAULT_PREFIX, MAX_PRIORITY
@@ -11,12 +15,45 @@ DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/llm-dispatcher.db"
 
 
+# Passwords nobody should run with outside a laptop: the broker's stock account and the examples' ones.
+PLACEHOLDER_PASSWORDS = ("guest", "password", "secret", "changeme", "change-me", "dev-password", "example")
+
+
+def is_loopback(host: str | None) -> bool:
+    if not host or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def placeholder_credential(url: str) -> str | None:
+    """Why `url` carries a credential unfit for production (stock or placeholder password), or None."""
+    parts = urlsplit(url)
+    password = (parts.password or "").lower()
+    if not password:
+        return None
+    if parts.username == "guest" and password == "guest":
+        return "the broker's stock guest:guest account"
+    if any(p in password for p in PLACEHOLDER_PASSWORDS):
+        return "a placeholder password"
+    return None
+
+
 class CommonSettings(BaseSettings):
-    """Environment variables are the field names upper-cased with the prefix `LLMD_`."""
+    """Environment variables are the field names upper-cased with the prefix `LLMD_`.
+
+    Development is either said (`LLMD_ENVIRONMENT=development`) or seen: every URL that carries a
+    credential points at a loopback host (RabbitMQ accepts guest:guest only from loopback anyway).
+    Outside development a stock or placeholder credential refuses to start."""
 
     model_config = SettingsConfigDict(env_prefix="LLMD_", extra="ignore", frozen=True)
 
-    amqp_url: str = Field(DEFAULT_AMQP_URL, description="RabbitMQ URL (amqp:// or amqps://)")
+    environment: Literal["production", "development"] | None = Field(
+        None, description="production or development (empty: development when every credentialed URL is loopback)"
+    )
+    amqp_url: SecretStr = Field(SecretStr(DEFAULT_AMQP_URL), description="RabbitMQ URL (amqp:// or amqps://)")
     queue_prefix: str = Field(DEFAULT_PREFIX, description="Prefix of every queue and exchange name")
     max_priority: int = Field(MAX_PRIORITY, ge=1, le=255, description="x-max-priority of model queues")
     log_level: str = Field("INFO", description="Log level")
@@ -28,3 +65,25 @@ class CommonSettings(BaseSettings):
         if v not in ("json", "text"):
             raise ValueError("log_format must be json or text")
         return v
+
+    def secret_urls(self) -> dict[str, str]:
+        """The settings holding URLs with credentials, by environment variable (for the check below)."""
+        return {"LLMD_AMQP_URL": self.amqp_url.get_secret_value()}
+
+    def is_development(self) -> bool:
+        if self.environment is not None:
+            return self.environment == "development"
+        return all(is_loopback(urlsplit(url).hostname) for url in self.secret_urls().values())
+
+    @model_validator(mode="after")
+    def _no_placeholder_secrets_outside_development(self):
+        if self.is_development():
+            return self
+        for name, url in self.secret_urls().items():
+            why = placeholder_credential(url)
+            if why:
+                raise ValueError(
+                    f"{name} uses {why} outside development: set a real credential "
+                    "(or LLMD_ENVIRONMENT=development for a throw-away stack)"
+                )
+        return self

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from llm_dispatcher.db import Store, TokenCache, UsageWriter, load_tokens_file
 from llm_dispatcher.errors import DispatcherError, ModelNotFoundError, UnknownURLError, error_body, shorten
 from llm_dispatcher.serve import uvicorn_server
+from llm_dispatcher.settings import placeholder_credential
 from sender import proxy
 from sender.context import SenderContext
 from sender.dispatch import Dispatcher
@@ -80,13 +81,14 @@ def create_app(settings: SenderSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics = SenderMetrics()
         registry = Registry(settings.heartbeat_ttl_s, settings.models)
-        store = Store(settings.database_url)
+        store = Store(settings.database_url.get_secret_value())
         if settings.auto_migrate:
             await store.migrate()
         if settings.tokens_file:
-            await store.import_tokens(load_tokens_file(settings.tokens_file))
-        dispatcher = Dispatcher(settings, registry, metrics)
-        await dispatcher.start()
+            seeded = load_tokens_file(settings.tokens_file)
+            refuse_placeholder_tokens(seeded, settings)
+            await store.import_tokens(seeded)
+        dispatcher = await Dispatcher.create(settings, registry, metrics)
         usage = UsageWriter(store, flush_interval_s=settings.usage_flush_interval_s)
         usage.start()
         tokens = TokenCache(store, ttl_s=settings.token_cache_ttl_s, retry_after_s=settings.retry_after_s)
@@ -181,6 +183,16 @@ def create_app(settings: SenderSettings | None = None) -> FastAPI:
 
 async def _taken_by_the_middleware() -> Response:  # pragma: no cover - RequestIdMiddleware proxies these
     raise AssertionError("forwarded paths are proxied before the router")
+
+
+def refuse_placeholder_tokens(tokens: list[dict], settings: SenderSettings) -> None:
+    """Example tokens (`...change-me...`) copied into a real deployment are refused, as placeholder passwords are."""
+    if settings.is_development():
+        return
+    names = [str(t.get("name")) for t in tokens if placeholder_credential(f"x://u:{t.get('token', '')}@h")]
+    if names:
+        raise SystemExit(f"LLMD_TOKENS_FILE seeds placeholder tokens outside development: {', '.join(names)}; "
+                         "give them real values (or LLMD_ENVIRONMENT=development)")
 
 
 def _unknown_url(request: Request) -> Response:

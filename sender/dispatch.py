@@ -19,8 +19,7 @@ import time
 import uuid
 from collections import deque
 
-import aiormq
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 from aiormq.abc import DeliveredMessage
 
 from llm_dispatcher import amqp, protocol
@@ -36,75 +35,74 @@ MAX_PENDING_RELEASES = 100_000  # beyond that the consumers' reconciliation recl
 
 
 class Dispatcher:
-    def __init__(self, settings: SenderSettings, registry: Registry, metrics: SenderMetrics):
+    """Built by `await Dispatcher.create(...)`: connected, subscribed and running when it returns."""
+
+    def __init__(self, settings: SenderSettings, registry: Registry, metrics: SenderMetrics, link: amqp.BrokerLink,
+                 reply_name: str, cancels: AbstractExchange):
         self.settings = settings
         self.registry = registry
         self.metrics = metrics
         self.prefix = settings.queue_prefix
+        self.link = link
+        self.cancels = cancels
+        self._reply_name = reply_name
         self._waiting: dict[str, asyncio.Future[Grant]] = {}
         self._depth_calls: dict[str, asyncio.Future[int]] = {}
         self._depth_seen: dict[str, tuple[float, int]] = {}  # model -> (monotonic time, depth)
-        self._reply_name = f"{self.prefix}.reply.{uuid.uuid4().hex}"
         self._held: dict[str, Grant] = {}  # lease id -> grant, while the request is being proxied
         self._renewed: dict[str, float] = {}  # lease id -> when it was granted or last renewed
         self._renew_period = 1.0  # at most a sixth of the shortest lease TTL seen
         self._renew_wakeup = asyncio.Event()
-        self.connected = False
-        self._tasks: list[asyncio.Task] = []
         self._pending_releases: deque[tuple[Grant, int, str]] = deque(maxlen=MAX_PENDING_RELEASES)
         self._flush_task: asyncio.Task | None = None
         self._epochs: dict[str, int] = {}  # consumer control queue -> its connection epoch, from heartbeats
+        link.on_lost(self._on_lost)
+        link.on_restored(self._on_restored)
 
-    async def start(self) -> None:
-        self.connection = await amqp.connect(self.settings.amqp_url, f"sender:{self._reply_name}")
-        self.connection.close_callbacks.add(self._on_close)
-        self.connection.reconnect_callbacks.add(self._on_reconnect)
-        self.channel = await self.connection.channel(publisher_confirms=False)
-        self.cancels = await amqp.declare_fanout(self.channel, protocol.cancel_exchange(self.prefix))
-        heartbeats = await amqp.declare_fanout(self.channel, protocol.heartbeat_exchange(self.prefix))
-        await self.channel.declare_queue(self._reply_name, exclusive=True, auto_delete=True)
+    @classmethod
+    async def create(cls, settings: SenderSettings, registry: Registry, metrics: SenderMetrics) -> Dispatcher:
+        prefix = settings.queue_prefix
+        reply_name = f"{prefix}.reply.{uuid.uuid4().hex}"
+        link = await amqp.BrokerLink.open(settings.amqp_url.get_secret_value(), f"sender:{reply_name}",
+                                          retry_after_s=settings.retry_after_s)
+        channel = link.channel
+        cancels = await amqp.declare_fanout(channel, protocol.cancel_exchange(prefix))
+        heartbeats = await amqp.declare_fanout(channel, protocol.heartbeat_exchange(prefix))
+        await channel.declare_queue(reply_name, exclusive=True, auto_delete=True)
+        self = cls(settings, registry, metrics, link, reply_name, cancels)
         await self._consume_replies()
-        hb_queue = await self.channel.declare_queue(
-            f"{self.prefix}.hb.{uuid.uuid4().hex}", exclusive=True, auto_delete=True
-        )
+        hb_queue = await channel.declare_queue(f"{prefix}.hb.{uuid.uuid4().hex}", exclusive=True, auto_delete=True)
         await hb_queue.bind(heartbeats)
         await hb_queue.consume(self._on_heartbeat, no_ack=True)
-        self.connected = True
-        self._tasks.append(asyncio.create_task(self._depth_loop(), name="queue-depth"))
-        self._tasks.append(asyncio.create_task(self._renew_loop(), name="lease-renewal"))
+        link.spawn(self._depth_loop(), "queue-depth")
+        link.spawn(self._renew_loop(), "lease-renewal")
+        return self
+
+    @property
+    def connected(self) -> bool:
+        return self.link.connected
 
     async def stop(self) -> None:
-        self.connected = False  # our own close, not a lost connection
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.link.close()
         self._fail_waiting("the sender is shutting down")
-        with contextlib.suppress(Exception):
-            await self.connection.close()
 
     # -- connection events ---------------------------------------------------------------------
-    def _on_close(self, *_args) -> None:
-        if self.connected:
-            log.warning("broker connection lost; waiting requests fail with 503")
-        self.connected = False
+    def _on_lost(self) -> None:
         self._fail_waiting("the message broker connection was lost")
 
     async def _consume_replies(self) -> None:
         """Grants arrive on the hot path: consumed straight on the aiormq channel (aio-pika restores
-        the reply queue itself after a reconnect; this subscription is renewed in _on_reconnect)."""
-        raw = await self.channel.get_underlay_channel()
+        the reply queue itself after a reconnect; this subscription is renewed in _on_restored)."""
+        raw = await self.link.raw()
         await raw.basic_consume(self._reply_name, self._on_grant, no_ack=True)
 
-    def _on_reconnect(self, *_args) -> None:
-        self.connected = True
-        log.info("broker connection restored")
-        asyncio.get_running_loop().create_task(self._consume_replies()).add_done_callback(_log_failure)
+    def _on_restored(self) -> None:
+        self.link.spawn(self._consume_replies(), "consume-replies")
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
         if self._pending_releases and (self._flush_task is None or self._flush_task.done()):
-            self._flush_task = asyncio.get_running_loop().create_task(self._flush_releases())
-            self._flush_task.add_done_callback(_log_failure)
+            self._flush_task = self.link.spawn(self._flush_releases(), "flush-releases")
 
     async def _flush_releases(self) -> None:
         """Releases that could not be sent, sent again once consumers have re-subscribed."""
@@ -145,17 +143,13 @@ class Dispatcher:
     async def _declare(self, model: str) -> int:
         if not self.connected:
             raise BrokerUnavailableError("the message broker is unreachable", retry_after=self.settings.retry_after_s)
-        try:
-            channel = await self.channel.get_underlay_channel()
+        channel = await self.link.raw()
+        with amqp.broker_errors(self.settings.retry_after_s):
             ok = await channel.queue_declare(
                 protocol.model_queue(self.prefix, model),
                 durable=True,
                 arguments=protocol.queue_arguments(self.settings.max_priority),
             )
-        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-            raise BrokerUnavailableError(
-                "the message broker is unreachable", retry_after=self.settings.retry_after_s
-            ) from exc
         count = ok.message_count or 0
         self._depth_seen[model] = (time.monotonic(), count)
         self.metrics.queue_depth.labels(model).set(count)
@@ -207,32 +201,22 @@ class Dispatcher:
             self._waiting.pop(ticket.id, None)
 
     async def _publish_ticket(self, ticket: Ticket, ttl_s: float) -> None:
-        if not self.connected:
-            raise BrokerUnavailableError("the message broker is unreachable", retry_after=self.settings.retry_after_s)
-        try:
-            await amqp.publish(
-                self.channel,
-                protocol.model_queue(self.prefix, ticket.model),
-                ticket.dumps(),
-                priority=ticket.priority,
-                correlation_id=ticket.id,
-                reply_to=self._reply_name,
-                expiration_s=ttl_s,
-            )
-        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-            raise BrokerUnavailableError(
-                "the message broker is unreachable", retry_after=self.settings.retry_after_s
-            ) from exc
+        await self.link.publish(
+            protocol.model_queue(self.prefix, ticket.model),
+            ticket.dumps(),
+            priority=ticket.priority,
+            correlation_id=ticket.id,
+            reply_to=self._reply_name,
+            expiration_s=ttl_s,
+        )
 
     def _abandon(self, ticket_id: str) -> None:
         """Tell every consumer to drop this ticket if they see it (fire and forget)."""
         if self.connected:
-            task = asyncio.get_running_loop().create_task(self._publish_cancel(ticket_id))
-            task.add_done_callback(_log_failure)
+            self.link.spawn(self._publish_cancel(ticket_id), "cancel")
 
     async def _publish_cancel(self, ticket_id: str) -> None:
-        await amqp.publish(
-            self.channel,
+        await self.link.publish(
             "",
             Cancel([ticket_id]).dumps(),
             exchange=self.cancels.name,
@@ -241,10 +225,8 @@ class Dispatcher:
         )
 
     async def _on_grant(self, message: DeliveredMessage) -> None:
-        try:
-            grant = Grant.loads(message.body)
-        except Exception:
-            log.error("malformed grant dropped: %r", message.body[:200])
+        grant = amqp.decode(Grant, message.body, "grant")
+        if grant is None:
             return
         fut = self._waiting.get(grant.ticket_id)
         if fut is not None and not fut.done():
@@ -264,12 +246,11 @@ class Dispatcher:
         self._held.pop(grant.lease_id, None)
         if self.connected:
             try:
-                await amqp.publish(
-                    self.channel, grant.release_to, Release(grant.lease_id, status, reason).dumps(),
-                    message_type="release",
+                await self.link.publish(
+                    grant.release_to, Release(grant.lease_id, status, reason).dumps(), message_type="release"
                 )
                 return
-            except Exception as exc:
+            except Exception as exc:  # whatever the failure, the release is kept, never dropped
                 log.warning("release of lease %s not sent, kept for after the reconnect: %r", grant.lease_id, exc)
         if len(self._pending_releases) == self._pending_releases.maxlen:
             self.metrics.releases_dropped.inc()  # the consumer's reconciliation reclaims it
@@ -294,14 +275,12 @@ class Dispatcher:
             for lease_id in [k for k in self._renewed if k not in self._held]:
                 del self._renewed[lease_id]
             for release_to, lease_ids in due.items():
-                if self.connected:
-                    with contextlib.suppress(Exception):
-                        await amqp.publish(self.channel, release_to, Renew(lease_ids).dumps(), message_type="renew")
+                with contextlib.suppress(BrokerUnavailableError):
+                    await self.link.publish(release_to, Renew(lease_ids).dumps(), message_type="renew")
 
     async def _on_heartbeat(self, message: AbstractIncomingMessage) -> None:
-        try:
-            hb = Heartbeat.loads(message.body)
-        except Exception:
+        hb = amqp.decode(Heartbeat, message.body, "heartbeat")
+        if hb is None:
             return
         self.registry.update(hb)
         if hb.control and self._epochs.get(hb.control) != hb.epoch:
@@ -309,7 +288,6 @@ class Dispatcher:
             await self._confirm_leases(hb.control)
         self.metrics.replica_in_flight.labels(hb.model, hb.replica).set(hb.in_flight)
         self.metrics.replica_capacity.labels(hb.model, hb.replica).set(hb.max_concurrency)
-
 
     async def _confirm_leases(self, control: str) -> None:
         """A consumer (re)connected: renew at once the leases held there, before it reclaims them."""
@@ -319,10 +297,6 @@ class Dispatcher:
             return
         for lease_id in held:
             self._renewed[lease_id] = now
-        with contextlib.suppress(Exception):
-            await amqp.publish(self.channel, control, Renew(held).dumps(), message_type="renew")
+        with contextlib.suppress(BrokerUnavailableError):
+            await self.link.publish(control, Renew(held).dumps(), message_type="renew")
 
-
-def _log_failure(task: asyncio.Task) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("broker operation failed: %r", task.exception())

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from llm_dispatcher.settings import DEFAULT_DATABASE_URL, CommonSettings
 from sender.routes import DEFAULT_FORWARD_PATHS, check_forward_path
@@ -17,7 +17,9 @@ class SenderSettings(CommonSettings):
         default_factory=lambda: list(DEFAULT_FORWARD_PATHS),
         description="The POST endpoints dispatched to vLLM (JSON list); any other path is a 404",
     )
-    database_url: str = Field(DEFAULT_DATABASE_URL, description="SQLAlchemy async URL of the token/usage DB")
+    database_url: SecretStr = Field(
+        SecretStr(DEFAULT_DATABASE_URL), description="SQLAlchemy async URL of the token/usage DB"
+    )
     tokens_file: str = Field(
         "",
         description="JSON/YAML list of tokens {name, token, priority, threshold} (or a mapping with that list "
@@ -50,3 +52,6 @@ class SenderSettings(CommonSettings):
     @classmethod
     def _forward_paths(cls, paths: list[str]) -> list[str]:
         return [check_forward_path(p) for p in paths]
+
+    def secret_urls(self) -> dict[str, str]:
+        return {**super().secret_urls(), "LLMD_DATABASE_URL": self.database_url.get_secret_value()}
