@@ -73,67 +73,81 @@ async def metrics_listener(settings: SenderSettings, metrics: SenderMetrics) -> 
         sock.close()
 
 
+@contextlib.asynccontextmanager
+async def running_context(settings: SenderSettings) -> AsyncIterator[SenderContext]:
+    """Everything a request needs, built (database migrated and seeded, broker connected, metrics
+    served), and at the end: new requests refused, in-flight ones given the grace, all closed."""
+    metrics = SenderMetrics()
+    registry = Registry(settings.heartbeat_ttl_s, settings.models)
+    store = Store(settings.database_url.get_secret_value())
+    if settings.auto_migrate:
+        await store.migrate()
+    if settings.tokens_file:
+        seeded = load_tokens_file(settings.tokens_file)
+        refuse_placeholder_tokens(seeded, settings)
+        await store.import_tokens(seeded)
+    dispatcher = await Dispatcher.create(settings, registry, metrics)
+    usage = UsageWriter(store, flush_interval_s=settings.usage_flush_interval_s)
+    usage.start()
+    tokens = TokenCache(store, ttl_s=settings.token_cache_ttl_s, retry_after_s=settings.retry_after_s)
+    export_counters(metrics, usage, tokens)
+    ctx = SenderContext(
+        settings=settings,
+        metrics=metrics,
+        registry=registry,
+        dispatcher=dispatcher,
+        tokens=tokens,
+        usage=usage,
+        session=proxy.new_session(settings),
+        forward_paths=ForwardPaths(settings.forward_paths),
+    )
+    try:
+        async with metrics_listener(settings, metrics):
+            log.info("sender ready on %s:%d", settings.host, settings.port)
+            yield ctx
+            ctx.draining = True
+            if ctx.active:
+                log.info("waiting for %d requests to finish", len(ctx.active))
+                await asyncio.wait(list(ctx.active), timeout=settings.shutdown_grace_s)
+    finally:
+        ctx.draining = True
+        await dispatcher.stop()
+        await ctx.session.close()
+        await usage.stop()
+        await store.dispose()
+
+
+def export_counters(metrics: SenderMetrics, usage: UsageWriter, tokens: TokenCache) -> None:
+    metrics.count("llmd_usage_records_dropped", "Usage records dropped (writer queue full)", lambda: usage.dropped)
+    metrics.count("llmd_token_cache_hits", "Token lookups answered from the cache", lambda: tokens.hits)
+    metrics.count("llmd_token_cache_misses", "Token lookups that went to the database", lambda: tokens.misses)
+    metrics.count("llmd_token_cache_stale_served", "Cached tokens served while the database failed",
+                  lambda: tokens.stale_served)
+    metrics.usage_pending.set_function(lambda: usage.pending)
+
+
 def create_app(settings: SenderSettings | None = None) -> FastAPI:
     settings = settings or SenderSettings()
     holder: dict[str, SenderContext] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        metrics = SenderMetrics()
-        registry = Registry(settings.heartbeat_ttl_s, settings.models)
-        store = Store(settings.database_url.get_secret_value())
-        if settings.auto_migrate:
-            await store.migrate()
-        if settings.tokens_file:
-            seeded = load_tokens_file(settings.tokens_file)
-            refuse_placeholder_tokens(seeded, settings)
-            await store.import_tokens(seeded)
-        dispatcher = await Dispatcher.create(settings, registry, metrics)
-        usage = UsageWriter(store, flush_interval_s=settings.usage_flush_interval_s)
-        usage.start()
-        tokens = TokenCache(store, ttl_s=settings.token_cache_ttl_s, retry_after_s=settings.retry_after_s)
-        metrics.count("llmd_usage_records_dropped", "Usage records dropped (writer queue full)", lambda: usage.dropped)
-        metrics.count("llmd_token_cache_hits", "Token lookups answered from the cache", lambda: tokens.hits)
-        metrics.count("llmd_token_cache_misses", "Token lookups that went to the database", lambda: tokens.misses)
-        metrics.count("llmd_token_cache_stale_served", "Cached tokens served while the database failed",
-                      lambda: tokens.stale_served)
-        metrics.usage_pending.set_function(lambda: usage.pending)
-        ctx = SenderContext(
-            settings=settings,
-            metrics=metrics,
-            registry=registry,
-            dispatcher=dispatcher,
-            tokens=tokens,
-            usage=usage,
-            session=proxy.new_session(settings),
-            forward_paths=ForwardPaths(settings.forward_paths),
-        )
-        holder["ctx"] = ctx
-        app.state.ctx = ctx
-        try:
-            async with metrics_listener(settings, metrics):
-                log.info("sender ready on %s:%d", settings.host, settings.port)
-                yield
-                ctx.draining = True
-                if ctx.active:
-                    log.info("waiting for %d requests to finish", len(ctx.active))
-                    await asyncio.wait(list(ctx.active), timeout=settings.shutdown_grace_s)
-        finally:
-            ctx.draining = True
-            await dispatcher.stop()
-            await ctx.session.close()
-            await usage.stop()
-            await store.dispose()
+        async with running_context(settings) as ctx:
+            holder["ctx"] = app.state.ctx = ctx
+            yield
 
-    app = FastAPI(
-        title="llm-dispatcher",
-        lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-    )
-
+    app = FastAPI(title="llm-dispatcher", lifespan=lifespan, docs_url=None, redoc_url=None)
+    add_error_handlers(app)
+    add_routes(app, settings, holder)
     def ctx() -> SenderContext:
         return holder["ctx"]
+
+    app.add_middleware(RequestIdMiddleware, get_ctx=ctx, proxy=ProxyEndpoint(ctx))
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error the framework raises answers in the OpenAI shape too."""
 
     @app.exception_handler(DispatcherError)
     async def _dispatcher_error(_request: Request, exc: DispatcherError) -> Response:
@@ -150,6 +164,13 @@ def create_app(settings: SenderSettings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
         return JSONBytes(error_body(str(exc.errors()), "invalid_request_error"), status_code=400)
+
+
+def add_routes(app: FastAPI, settings: SenderSettings, holder: dict[str, SenderContext]) -> None:
+    """The gateway's own routes (the forwarded inference paths are proxied by the middleware)."""
+
+    def ctx() -> SenderContext:
+        return holder["ctx"]
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> Response:
@@ -176,9 +197,6 @@ def create_app(settings: SenderSettings | None = None) -> FastAPI:
 
     for path in ForwardPaths(settings.forward_paths):  # proxied by the middleware; here for 405 and the schema
         app.add_api_route(path, _taken_by_the_middleware, methods=["POST"])
-
-    app.add_middleware(RequestIdMiddleware, get_ctx=ctx, proxy=ProxyEndpoint(ctx))
-    return app
 
 
 async def _taken_by_the_middleware() -> Response:  # pragma: no cover - RequestIdMiddleware proxies these
