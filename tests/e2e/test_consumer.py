@@ -27,7 +27,8 @@ def wait_for(predicate, timeout: float, what: str) -> float:
 
 
 @pytest.fixture
-def one(stack_factory):
+def sim_stack(stack_factory):
+    """A stack with one simulator behind one consumer (unhealthy after 2 s of failed probes) and a token."""
     s = stack_factory(queue_timeout_s=10.0)
     s.upstream = s.add_sim(model=MODEL)
     s.consumer = s.add_consumer(MODEL, s.upstream, unhealthy_after_s=2.0)
@@ -37,35 +38,37 @@ def one(stack_factory):
     s.wait_idle()
 
 
-def test_vllm_down_stops_pulling_within_two_seconds_and_resumes_by_itself(one):
-    c = one.consumer
-    assert httpx.post(one.upstream + "/sim/die").status_code == 200
+def test_vllm_down_stops_pulling_within_two_seconds_and_resumes_by_itself(sim_stack):
+    c = sim_stack.consumer
+    assert httpx.post(sim_stack.upstream + "/sim/die").status_code == 200
     took = wait_for(lambda: not c.ready and c.state()["pulling"] is False, 2.0, "consumer to stop pulling")
     assert took < 2.0
     assert c.state()["decision"] == "unhealthy"
     # The sender hears it on the next heartbeat: no live replica, refused at once.
-    wait_for(lambda: not one.ctx.registry.live(MODEL), 2.0, "the sender to see the replica not ready")
-    r = httpx.post(one.base_url + "/chat/completions", json=CHAT, headers={"authorization": f"Bearer {one.token}"})
+    wait_for(lambda: not sim_stack.ctx.registry.live(MODEL), 2.0, "the sender to see the replica not ready")
+    r = httpx.post(sim_stack.base_url + "/chat/completions", json=CHAT,
+                   headers={"authorization": f"Bearer {sim_stack.token}"})
     assert r.status_code == 503
-    assert httpx.post(one.upstream + "/sim/revive").status_code == 200
+    assert httpx.post(sim_stack.upstream + "/sim/revive").status_code == 200
     wait_for(lambda: c.ready and c.state()["pulling"], 3.0, "consumer to resume")
-    one.wait_models({MODEL}, one.token)
-    r = httpx.post(one.base_url + "/chat/completions", json=CHAT, headers={"authorization": f"Bearer {one.token}"})
+    sim_stack.wait_models({MODEL}, sim_stack.token)
+    r = httpx.post(sim_stack.base_url + "/chat/completions", json=CHAT,
+                   headers={"authorization": f"Bearer {sim_stack.token}"})
     assert r.status_code == 200
 
 
-def test_a_request_queued_while_vllm_is_down_is_served_when_it_recovers(one):
-    c = one.consumer
-    httpx.post(one.upstream + "/sim/die")
+def test_a_request_queued_while_vllm_is_down_is_served_when_it_recovers(sim_stack):
+    c = sim_stack.consumer
+    httpx.post(sim_stack.upstream + "/sim/die")
     wait_for(lambda: not c.state()["pulling"], 2.0, "consumer to stop pulling")
     # The sender refuses new requests while no replica is ready, so queue a ticket directly.
-    grant_future = one.bg.submit(one.ctx.dispatcher.acquire(MODEL, 5))
+    grant_future = sim_stack.bg.submit(sim_stack.ctx.dispatcher.acquire(MODEL, 5))
     time.sleep(0.3)
     assert not grant_future.done()  # nobody pulls while vLLM is down
-    httpx.post(one.upstream + "/sim/revive")
+    httpx.post(sim_stack.upstream + "/sim/revive")
     grant = grant_future.result(5)
-    assert grant.url == one.upstream
-    one.bg.call(one.ctx.dispatcher.release(grant, 200, "done"))
+    assert grant.url == sim_stack.upstream
+    sim_stack.bg.call(sim_stack.ctx.dispatcher.release(grant, 200, "done"))
 
 
 def metrics_broken_upstream():
@@ -107,13 +110,13 @@ def test_unreadable_metrics_fall_back_to_the_in_flight_cap_and_say_so(stack_fact
     s.wait_idle()
 
 
-async def test_consumer_probes_and_metrics_endpoints(one):
-    app = create_http_app(one.consumer)
+async def test_consumer_probes_and_metrics_endpoints(sim_stack):
+    app = create_http_app(sim_stack.consumer.metrics, lambda: sim_stack.consumer)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://c") as client:
         assert (await client.get("/livez")).status_code == 200
         ready = await client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["ready"] is True
         text = (await client.get("/metrics")).text
         assert "llmd_consumer_in_flight" in text and "llmd_consumer_vllm_healthy" in text
-        one.bg.call(one.consumer.drain(grace_s=0))
+        sim_stack.bg.call(sim_stack.consumer.drain(grace_s=0))
         assert (await client.get("/readyz")).status_code == 503

@@ -452,7 +452,7 @@ def test_the_notes_token_command_uses_the_positional_name() -> None:
 
 
 @pytest.fixture
-def quickstart(stack_factory):
+def quickstart_stack(stack_factory):
     """The README's stack, on free ports: a simulator serving sim-model behind a consumer and a sender."""
     stack = stack_factory()
     stack.add_consumer("sim-model", stack.add_sim(model="sim-model", served_model_names=["sim-model"],
@@ -479,13 +479,13 @@ def run_in_a_shell(script: str, stack, **env: str) -> subprocess.CompletedProces
     return subprocess.run(["bash", "-c", script], cwd=ROOT, env=environ, capture_output=True, text=True, timeout=120)
 
 
-def test_the_readme_quick_start_works_as_written_twice_in_a_row(quickstart) -> None:
+def test_the_readme_quick_start_works_as_written_twice_in_a_row(quickstart_stack) -> None:
     shell, pythons = readme_quickstart()
     # The Python snippet runs in the same shell, after the token was exported, with the venv's python.
     python = ".venv/bin/python" if (ROOT / ".venv/bin/python").exists() else sys.executable
     script = shell + "".join(f"\n{python} - <<'PY'\n{block}PY\n" for block in pythons)
     for attempt in (1, 2):
-        proc = run_in_a_shell(script, quickstart)
+        proc = run_in_a_shell(script, quickstart_stack)
         assert proc.returncode == 0 and not proc.stderr, f"run {attempt}: {proc.stderr}"
         reply, end = json.JSONDecoder().raw_decode(proc.stdout)
         assert reply["object"] == "chat.completion" and reply["choices"][0]["message"]["content"], proc.stdout
@@ -493,22 +493,22 @@ def test_the_readme_quick_start_works_as_written_twice_in_a_row(quickstart) -> N
         assert printed, f"run {attempt}: the Python snippet printed nothing"
 
 
-def test_a_taken_token_name_is_refused_loudly_as_the_readme_says(quickstart) -> None:
+def test_a_taken_token_name_is_refused_loudly_as_the_readme_says(quickstart_stack) -> None:
     create = ".venv/bin/llm-dispatcher tokens create twice --priority 5 --threshold 50 --quiet"
-    assert run_in_a_shell(create, quickstart).returncode == 0
-    again = run_in_a_shell(create, quickstart)
+    assert run_in_a_shell(create, quickstart_stack).returncode == 0
+    again = run_in_a_shell(create, quickstart_stack)
     assert again.returncode == 2 and "already exists" in again.stderr and not again.stdout
     assert "exit status 2" in (ROOT / "README.md").read_text()
 
 
-def test_the_notes_token_and_call_steps_work_against_a_running_sender(quickstart) -> None:
+def test_the_notes_token_and_call_steps_work_against_a_running_sender(quickstart_stack) -> None:
     commands = notes_commands("default")
     (create,) = [c for c in commands if "tokens create" in c.text]
     (call,) = [c for c in commands if c.text.startswith("curl")]
     (argv,) = cli_invocations(create.text)
     # What `kubectl exec deploy/... --` runs inside the sender's pod, run here against the local stack.
     inner = "export TOKEN=$(.venv/bin/llm-dispatcher " + shlex.join(argv) + ")"
-    proc = run_in_a_shell(f"{inner}\n{call.text}\n", quickstart, OPENAI_BASE_URL=quickstart.base_url)
+    proc = run_in_a_shell(f"{inner}\n{call.text}\n", quickstart_stack, OPENAI_BASE_URL=quickstart_stack.base_url)
     assert proc.returncode == 0 and not proc.stderr, proc.stderr
     models = json.loads(proc.stdout)
     assert models["object"] == "list" and "sim-model" in {m["id"] for m in models["data"]}

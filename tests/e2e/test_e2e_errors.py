@@ -14,7 +14,9 @@ CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "x"}], "m
 
 
 @pytest.fixture
-def stack(stack_factory):
+def sim_stack(stack_factory):
+    """A stack with one simulator serving sim-model behind one consumer, small body and queue-timeout
+    limits, and alice's token."""
     s = stack_factory(max_body_bytes=4096, queue_timeout_s=1.0, retry_after_s=3)
     s.upstream = s.add_sim(model="sim-model", served_model_names=["sim-model"])
     s.add_consumer("sim-model", s.upstream)
@@ -24,17 +26,17 @@ def stack(stack_factory):
     s.wait_idle()
 
 
-def post(stack, body=None, token: str | None = "default", path="/chat/completions", **kw) -> httpx.Response:
+def post(sim_stack, body=None, token: str | None = "default", path="/chat/completions", **kw) -> httpx.Response:
     headers = kw.pop("headers", {})
     if token == "default":
-        token = stack.token
+        token = sim_stack.token
     if token is not None:
         headers["authorization"] = f"Bearer {token}"
     if body is None:
         body = CHAT
     if isinstance(body, bytes):
-        return httpx.post(stack.base_url + path, content=body, headers=headers, timeout=20, **kw)
-    return httpx.post(stack.base_url + path, json=body, headers=headers, timeout=20, **kw)
+        return httpx.post(sim_stack.base_url + path, content=body, headers=headers, timeout=20, **kw)
+    return httpx.post(sim_stack.base_url + path, json=body, headers=headers, timeout=20, **kw)
 
 
 def assert_error(r: httpx.Response, status: int, code) -> dict:
@@ -50,69 +52,69 @@ def assert_error(r: httpx.Response, status: int, code) -> dict:
     ("authorization", "fragment"),
     [(None, "missing"), ("Basic abc", "malformed"), ("Bearer sk-llmd-unknown", "invalid api key")],
 )
-def test_401_for_missing_malformed_or_unknown_tokens(stack, authorization, fragment):
+def test_401_for_missing_malformed_or_unknown_tokens(sim_stack, authorization, fragment):
     headers = {"authorization": authorization} if authorization else {}
-    r = httpx.post(stack.base_url + "/chat/completions", json=CHAT, headers=headers)
+    r = httpx.post(sim_stack.base_url + "/chat/completions", json=CHAT, headers=headers)
     err = assert_error(r, 401, "invalid_api_key")
     assert fragment in err["message"].lower()
 
 
-def test_401_for_a_revoked_token(stack):
-    token = stack.create_token("bob", priority=1, threshold=10)
-    assert post(stack, token=token).status_code == 200
+def test_401_for_a_revoked_token(sim_stack):
+    token = sim_stack.create_token("bob", priority=1, threshold=10)
+    assert post(sim_stack, token=token).status_code == 200
 
     async def revoke():
         from llm_dispatcher.db import Store
 
-        async with Store(stack.database_url) as store:
+        async with Store(sim_stack.database_url) as store:
             await store.revoke_token("bob")
 
-    stack.bg.call(revoke())
-    err = assert_error(post(stack, token=token), 401, "invalid_api_key")
+    sim_stack.bg.call(revoke())
+    err = assert_error(post(sim_stack, token=token), 401, "invalid_api_key")
     assert "revoked" in err["message"].lower()
 
 
-def test_401_for_an_expired_token(stack):
+def test_401_for_an_expired_token(sim_stack):
     past = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
-    token = stack.create_token("old", priority=1, threshold=10, expires_at=past)
-    err = assert_error(post(stack, token=token), 401, "invalid_api_key")
+    token = sim_stack.create_token("old", priority=1, threshold=10, expires_at=past)
+    err = assert_error(post(sim_stack, token=token), 401, "invalid_api_key")
     assert "expired" in err["message"].lower()
 
 
-def test_the_openai_client_raises_authentication_error(stack):
-    c = openai.OpenAI(base_url=stack.base_url, api_key="sk-wrong", max_retries=0)
+def test_the_openai_client_raises_authentication_error(sim_stack):
+    c = openai.OpenAI(base_url=sim_stack.base_url, api_key="sk-wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         c.models.list()
 
 
-def test_400_for_invalid_json_or_missing_model(stack):
-    assert_error(post(stack, b"{not json"), 400, "invalid_request_error")
-    err = assert_error(post(stack, {"messages": []}), 400, "invalid_request_error")
+def test_400_for_invalid_json_or_missing_model(sim_stack):
+    assert_error(post(sim_stack, b"{not json"), 400, "invalid_request_error")
+    err = assert_error(post(sim_stack, {"messages": []}), 400, "invalid_request_error")
     assert err["param"] == "model"
-    assert_error(post(stack, b"[1, 2]"), 400, "invalid_request_error")
+    assert_error(post(sim_stack, b"[1, 2]"), 400, "invalid_request_error")
 
 
-def test_404_for_an_unknown_model(stack):
-    err = assert_error(post(stack, {**CHAT, "model": "gpt-9"}), 404, "model_not_found")
+def test_404_for_an_unknown_model(sim_stack):
+    err = assert_error(post(sim_stack, {**CHAT, "model": "gpt-9"}), 404, "model_not_found")
     assert err["param"] == "model"
 
 
-def test_404_for_a_model_the_token_may_not_use(stack):
-    token = stack.create_token("narrow", priority=1, threshold=10, allowed_models=["other"])
-    assert_error(post(stack, token=token), 404, "model_not_found")
+def test_404_for_a_model_the_token_may_not_use(sim_stack):
+    token = sim_stack.create_token("narrow", priority=1, threshold=10, allowed_models=["other"])
+    assert_error(post(sim_stack, token=token), 404, "model_not_found")
 
 
-def test_413_for_a_body_over_the_limit(stack):
+def test_413_for_a_body_over_the_limit(sim_stack):
     big = {**CHAT, "messages": [{"role": "user", "content": "x" * 5000}]}
-    assert_error(post(stack, big), 413, "request_too_large")
+    assert_error(post(sim_stack, big), 413, "request_too_large")
 
 
-def test_503_with_retry_after_when_no_replica_is_live(stack):
-    stack.stop_consumer(stack.consumers[0])
+def test_503_with_retry_after_when_no_replica_is_live(sim_stack):
+    sim_stack.stop_consumer(sim_stack.consumers[0])
     import time
 
     deadline = time.monotonic() + 5
-    while (r := post(stack)).status_code == 200 and time.monotonic() < deadline:
+    while (r := post(sim_stack)).status_code == 200 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert_error(r, 503, "no_live_replica")
     assert r.headers["retry-after"] == "3"
@@ -130,9 +132,9 @@ def test_502_when_the_granted_replica_is_unreachable(stack_factory):
     s.wait_idle()
 
 
-def test_vllm_errors_pass_through_with_status_and_body_unchanged(stack):
-    r = post(stack, {**CHAT, "max_tokens": -1})
-    direct = httpx.post(stack.upstream + "/v1/chat/completions", json={**CHAT, "max_tokens": -1})
+def test_vllm_errors_pass_through_with_status_and_body_unchanged(sim_stack):
+    r = post(sim_stack, {**CHAT, "max_tokens": -1})
+    direct = httpx.post(sim_stack.upstream + "/v1/chat/completions", json={**CHAT, "max_tokens": -1})
     assert r.status_code == direct.status_code == 400
     assert r.json() == direct.json()
     assert r.json()["error"]["type"] == "BadRequestError"
@@ -151,10 +153,10 @@ def test_vllm_404_passes_through_for_a_model_the_replica_does_not_serve(stack_fa
     s.wait_idle()
 
 
-def test_unknown_routes_answer_in_the_openai_shape(stack):
-    r = httpx.get(stack.url + "/nothing-here")
+def test_unknown_routes_answer_in_the_openai_shape(sim_stack):
+    r = httpx.get(sim_stack.url + "/nothing-here")
     assert r.status_code == 404 and set(r.json()["error"]) == {"message", "type", "param", "code"}
-    r = httpx.get(stack.base_url + "/chat/completions")  # only POST is proxied
+    r = httpx.get(sim_stack.base_url + "/chat/completions")  # only POST is proxied
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
 
 
@@ -174,6 +176,6 @@ def test_a_vllm_that_drops_mid_stream_cuts_the_response_and_the_lease_is_release
     assert record["status"] == 502  # recorded as an upstream failure, not a client disconnect
 
 
-def test_400_for_a_priority_header_that_is_not_an_integer(stack):
-    err = assert_error(post(stack, headers={"x-priority": "high"}), 400, "invalid_request_error")
+def test_400_for_a_priority_header_that_is_not_an_integer(sim_stack):
+    err = assert_error(post(sim_stack, headers={"x-priority": "high"}), 400, "invalid_request_error")
     assert err["param"] == "X-Priority"

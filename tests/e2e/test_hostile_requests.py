@@ -18,7 +18,8 @@ CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tok
 
 
 @pytest.fixture
-def stack(stack_factory):
+def sim_stack(stack_factory):
+    """A stack with one simulator behind one consumer, a short body deadline, and mallory's token."""
     s = stack_factory(body_read_timeout_s=0.5)
     s.upstream = s.add_sim(model=MODEL)
     s.consumer = s.add_consumer(MODEL, s.upstream)
@@ -28,13 +29,13 @@ def stack(stack_factory):
     s.wait_idle()
 
 
-def raw_post(stack, path: str, body: bytes = b"", headers: dict | None = None) -> tuple[int, dict, bytes]:
+def raw_post(sim_stack, path: str, body: bytes = b"", headers: dict | None = None) -> tuple[int, dict, bytes]:
     """POST with the path sent byte for byte (no client-side normalisation of `..` or `%2e`)."""
-    host, port = stack.url.removeprefix("http://").split(":")
+    host, port = sim_stack.url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
         conn.putrequest("POST", path, skip_accept_encoding=True)
-        for k, v in {"authorization": f"Bearer {stack.token}", "content-type": "application/json",
+        for k, v in {"authorization": f"Bearer {sim_stack.token}", "content-type": "application/json",
                      "content-length": str(len(body)), **(headers or {})}.items():
             conn.putheader(k, v)
         conn.endheaders(body)
@@ -44,14 +45,14 @@ def raw_post(stack, path: str, body: bytes = b"", headers: dict | None = None) -
         conn.close()
 
 
-def grants(stack) -> float:
-    return sum(s.value for m in stack.consumer.metrics.grants.collect() for s in m.samples
+def grants(sim_stack) -> float:
+    return sum(s.value for m in sim_stack.consumer.metrics.grants.collect() for s in m.samples
                if s.name.endswith("_total"))
 
 
-def sim_alive(stack) -> bool:
-    return httpx.post(stack.base_url + "/chat/completions", json=CHAT,
-                      headers={"authorization": f"Bearer {stack.token}"}, timeout=10).status_code == 200
+def sim_alive(sim_stack) -> bool:
+    return httpx.post(sim_stack.base_url + "/chat/completions", json=CHAT,
+                      headers={"authorization": f"Bearer {sim_stack.token}"}, timeout=10).status_code == 200
 
 
 HOSTILE_PATHS = [
@@ -76,64 +77,64 @@ HOSTILE_PATHS = [
 
 
 @pytest.mark.parametrize("path", HOSTILE_PATHS)
-def test_a_path_off_the_inference_list_is_a_404_before_any_ticket_and_the_replica_is_untouched(stack, path):
-    before = grants(stack)
-    status, _, body = raw_post(stack, path, orjson.dumps({"model": MODEL}))
+def test_a_path_off_the_inference_list_is_a_404_before_any_ticket_and_the_replica_is_untouched(sim_stack, path):
+    before = grants(sim_stack)
+    status, _, body = raw_post(sim_stack, path, orjson.dumps({"model": MODEL}))
     assert status == 404, body
     err = orjson.loads(body)["error"]
     assert set(err) == {"message", "type", "param", "code"} and err["code"] == "unknown_url"
-    assert grants(stack) == before  # no ticket was granted, no lease taken
-    assert stack.in_flight() == [0]
-    assert sim_alive(stack)  # the simulator's /sim/die was never reached
+    assert grants(sim_stack) == before  # no ticket was granted, no lease taken
+    assert sim_stack.in_flight() == [0]
+    assert sim_alive(sim_stack)  # the simulator's /sim/die was never reached
 
 
-def test_a_normalised_path_on_the_list_is_forwarded_as_the_canonical_path(stack):
-    status, _, body = raw_post(stack, "/v1/./chat//completions", orjson.dumps(CHAT))
+def test_a_normalised_path_on_the_list_is_forwarded_as_the_canonical_path(sim_stack):
+    status, _, body = raw_post(sim_stack, "/v1/./chat//completions", orjson.dumps(CHAT))
     assert status == 200, body
     assert orjson.loads(body)["object"] == "chat.completion"
 
 
-def test_other_methods_on_an_inference_path_are_405_and_get_v1_models_still_works(stack):
-    r = httpx.get(stack.base_url + "/chat/completions")
+def test_other_methods_on_an_inference_path_are_405_and_get_v1_models_still_works(sim_stack):
+    r = httpx.get(sim_stack.base_url + "/chat/completions")
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
-    r = httpx.get(stack.base_url + "/models", headers={"authorization": f"Bearer {stack.token}"})
+    r = httpx.get(sim_stack.base_url + "/models", headers={"authorization": f"Bearer {sim_stack.token}"})
     assert r.status_code == 200 and r.json()["data"][0]["id"] == MODEL
 
 
-def test_made_up_model_names_never_become_metric_labels_nor_long_echoes(stack):
-    samples_before = len(httpx.get(stack.metrics_url + "/metrics").text)
-    headers = {"authorization": f"Bearer {stack.token}"}
+def test_made_up_model_names_never_become_metric_labels_nor_long_echoes(sim_stack):
+    samples_before = len(httpx.get(sim_stack.metrics_url + "/metrics").text)
+    headers = {"authorization": f"Bearer {sim_stack.token}"}
     with httpx.Client(headers=headers, timeout=10) as c:
         for i in range(200):
             name = f"fake-{i}-" + "\x00" * 10 + "x" * 10_000
-            r = c.post(stack.base_url + "/chat/completions", json={**CHAT, "model": name})
+            r = c.post(sim_stack.base_url + "/chat/completions", json={**CHAT, "model": name})
             assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
             assert len(r.content) < 600  # the name is cut, not echoed whole
             assert "\x00" not in r.json()["error"]["message"]
-    text = httpx.get(stack.metrics_url + "/metrics").text
+    text = httpx.get(sim_stack.metrics_url + "/metrics").text
     assert "fake-" not in text and "\x00" not in text
     assert 'model="(other)"' in text
     assert len(text) < samples_before + 4096  # one bucket, not one series per name
 
 
-def test_two_authorization_headers_are_refused_on_every_route(stack):
-    good, bad = f"Bearer {stack.token}", "Bearer sk-llmd-someone-else"
-    for method, url in [("POST", stack.base_url + "/chat/completions"), ("GET", stack.base_url + "/models"),
-                        ("GET", stack.base_url + f"/models/{MODEL}")]:
+def test_two_authorization_headers_are_refused_on_every_route(sim_stack):
+    good, bad = f"Bearer {sim_stack.token}", "Bearer sk-llmd-someone-else"
+    for method, url in [("POST", sim_stack.base_url + "/chat/completions"), ("GET", sim_stack.base_url + "/models"),
+                        ("GET", sim_stack.base_url + f"/models/{MODEL}")]:
         for pair in ([good, bad], [bad, good]):
             r = httpx.request(method, url, json=CHAT if method == "POST" else None,
                               headers=[("authorization", pair[0]), ("authorization", pair[1])])
             assert r.status_code == 400, (method, url, r.text)
             assert r.json()["error"]["param"] == "Authorization"
-    assert stack.in_flight() == [0]
+    assert sim_stack.in_flight() == [0]
 
 
-def test_a_body_shorter_than_its_content_length_gets_408_within_the_deadline(stack):
-    host, port = stack.url.removeprefix("http://").split(":")
+def test_a_body_shorter_than_its_content_length_gets_408_within_the_deadline(sim_stack):
+    host, port = sim_stack.url.removeprefix("http://").split(":")
     body = orjson.dumps(CHAT)
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                     b"authorization: Bearer " + stack.token.encode() + b"\r\n"
+                     b"authorization: Bearer " + sim_stack.token.encode() + b"\r\n"
                      b"content-length: " + str(len(body) + 50).encode() + b"\r\n\r\n" + body)
         t0 = time.monotonic()
         answer = b""
@@ -145,20 +146,20 @@ def test_a_body_shorter_than_its_content_length_gets_408_within_the_deadline(sta
     assert waited < 5
 
 
-def test_stream_options_that_is_not_an_object_is_refused_like_vllm(stack):
+def test_stream_options_that_is_not_an_object_is_refused_like_vllm(sim_stack):
     for value in ("yes", 1, ["include_usage"], True):
-        r = httpx.post(stack.base_url + "/chat/completions", json={**CHAT, "stream": True, "stream_options": value},
-                       headers={"authorization": f"Bearer {stack.token}"})
+        r = httpx.post(sim_stack.base_url + "/chat/completions", json={**CHAT, "stream": True, "stream_options": value},
+                       headers={"authorization": f"Bearer {sim_stack.token}"})
         assert r.status_code == 400 and r.json()["error"]["param"] == "stream_options", r.text
 
 
-def test_a_request_id_with_bytes_outside_printable_ascii_is_refused_and_a_plain_one_kept_byte_for_byte(stack):
-    status, _, body = raw_post(stack, "/v1/chat/completions", orjson.dumps(CHAT),
+def test_a_request_id_with_bytes_outside_printable_ascii_is_refused_and_a_plain_one_kept_byte_for_byte(sim_stack):
+    status, _, body = raw_post(sim_stack, "/v1/chat/completions", orjson.dumps(CHAT),
                                      {"x-request-id": "caf\u00e9-\u2603".encode().decode("latin-1")})
     assert status == 400 and orjson.loads(body)["error"]["param"] == "X-Request-Id"
     rid = "req-AZaz09_.:~!*'()-" + "x" * 20
-    r = httpx.post(stack.base_url + "/chat/completions", json=CHAT,
-                   headers={"authorization": f"Bearer {stack.token}", "x-request-id": rid})
+    r = httpx.post(sim_stack.base_url + "/chat/completions", json=CHAT,
+                   headers={"authorization": f"Bearer {sim_stack.token}", "x-request-id": rid})
     assert r.status_code == 200 and r.headers["x-request-id"] == rid
     assert r.json()["id"] == f"chatcmpl-{rid}"  # vLLM (and the simulator) build the id from it
 

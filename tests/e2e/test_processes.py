@@ -20,7 +20,8 @@ MODEL = "proc-model"
 
 
 @pytest.fixture
-def procs(tmp_path, amqp_url):
+def process_stack(tmp_path, amqp_url):
+    """The real entry points as separate processes (simulator, consumer, sender): each test starts what it needs."""
     stack = Stack(str(tmp_path), model=MODEL)
     stack.env["LLMD_AMQP_URL"] = amqp_url
     stack.env["LLMD_HEARTBEAT_INTERVAL_S"] = "0.2"
@@ -63,19 +64,19 @@ def wait_until(predicate, timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-def test_sender_sigterm_finishes_streams_then_exits(procs):
-    sim = procs.start_sim(["--itl-base", "0.02"])
-    procs.start_consumer(sim)
-    sender = procs.start_sender(LLMD_SHUTDOWN_GRACE_S="20")
-    token = procs.token("t")
-    procs.wait_live(token)
-    s = stream_in_thread(procs.url, token, 100)  # ~2 s
-    wait_until(lambda: consumer_state(procs.consumers[0])["in_flight"] == 1, 5, "stream granted")
+def test_sender_sigterm_finishes_streams_then_exits(process_stack):
+    sim = process_stack.start_sim(["--itl-base", "0.02"])
+    process_stack.start_consumer(sim)
+    sender = process_stack.start_sender(LLMD_SHUTDOWN_GRACE_S="20")
+    token = process_stack.token("t")
+    process_stack.wait_live(token)
+    s = stream_in_thread(process_stack.url, token, 100)  # ~2 s
+    wait_until(lambda: consumer_state(process_stack.consumers[0])["in_flight"] == 1, 5, "stream granted")
     sender.send_signal(signal.SIGTERM)
 
     def refuses_new_connections() -> bool:
         try:
-            httpx.get(procs.url + "/livez", timeout=1)
+            httpx.get(process_stack.url + "/livez", timeout=1)
         except httpx.ConnectError:
             return True
         return False
@@ -86,16 +87,16 @@ def test_sender_sigterm_finishes_streams_then_exits(procs):
     assert s.get("status") == 200 and s["body"].rstrip().endswith(b"data: [DONE]")
     # uvicorn re-raises the signal it caught once shutdown is complete: the conventional exit status
     assert sender.wait(15) in (0, -signal.SIGTERM)
-    wait_until(lambda: consumer_state(procs.consumers[0])["in_flight"] == 0, 5, "lease released")
+    wait_until(lambda: consumer_state(process_stack.consumers[0])["in_flight"] == 0, 5, "lease released")
 
 
-def test_consumer_sigterm_stops_pulling_lets_granted_requests_finish_then_exits(procs):
-    sim = procs.start_sim(["--itl-base", "0.02"])
-    consumer = procs.start_consumer(sim)
-    procs.start_sender()
-    token = procs.token("t")
-    procs.wait_live(token)
-    s = stream_in_thread(procs.url, token, 100)
+def test_consumer_sigterm_stops_pulling_lets_granted_requests_finish_then_exits(process_stack):
+    sim = process_stack.start_sim(["--itl-base", "0.02"])
+    consumer = process_stack.start_consumer(sim)
+    process_stack.start_sender()
+    token = process_stack.token("t")
+    process_stack.wait_live(token)
+    s = stream_in_thread(process_stack.url, token, 100)
     wait_until(lambda: consumer_state(consumer)["in_flight"] == 1, 5, "stream granted")
     consumer.send_signal(signal.SIGTERM)
     wait_until(lambda: consumer_state(consumer)["pulling"] is False, 2, "consumer to stop pulling")
@@ -105,17 +106,17 @@ def test_consumer_sigterm_stops_pulling_lets_granted_requests_finish_then_exits(
     assert consumer.wait(10) == 0
 
 
-def test_a_consumer_killed_holding_an_unacked_ticket_returns_it_and_it_is_granted_once(procs):
-    sim = procs.start_sim([])
-    a = procs.start_consumer(sim, LLMD_REPLICA_ID="victim")
-    procs.start_sender()
-    token = procs.token("t")
-    procs.wait_live(token)
+def test_a_consumer_killed_holding_an_unacked_ticket_returns_it_and_it_is_granted_once(process_stack):
+    sim = process_stack.start_sim([])
+    a = process_stack.start_consumer(sim, LLMD_REPLICA_ID="victim")
+    process_stack.start_sender()
+    token = process_stack.token("t")
+    process_stack.wait_live(token)
     os.kill(a.pid, signal.SIGSTOP)  # frozen while subscribed: the broker still pushes it a ticket
     result: dict = {}
 
     def call() -> None:
-        result["r"] = httpx.post(procs.url + "/v1/chat/completions", json=body(3),
+        result["r"] = httpx.post(process_stack.url + "/v1/chat/completions", json=body(3),
                                  headers={"authorization": f"Bearer {token}"}, timeout=30)
 
     t = threading.Thread(target=call, daemon=True)
@@ -124,7 +125,7 @@ def test_a_consumer_killed_holding_an_unacked_ticket_returns_it_and_it_is_grante
     assert "r" not in result
     os.kill(a.pid, signal.SIGKILL)
     a.wait(5)
-    b = procs.start_consumer(sim, LLMD_REPLICA_ID="survivor")
+    b = process_stack.start_consumer(sim, LLMD_REPLICA_ID="survivor")
     t.join(20)
     assert result["r"].status_code == 200
     assert result["r"].json()["usage"]["completion_tokens"] == 3

@@ -56,7 +56,8 @@ def recording_upstream(seen: list, peers: set):
 
 
 @pytest.fixture
-def rec(stack_factory):
+def recorder_stack(stack_factory):
+    """A stack whose one upstream records every request it receives (`.seen`) and every peer (`.peers`)."""
     # The recorder's own endpoints are forwarded on purpose (a deployment can add paths vLLM serves).
     s = stack_factory(forward_paths=["/v1/chat/completions", "/v1/some/new/endpoint", "/v1/slow", "/v1/huge", "/v1/x"])
     s.seen, s.peers = [], set()
@@ -68,13 +69,13 @@ def rec(stack_factory):
     s.wait_idle()
 
 
-def test_method_path_query_and_body_reach_vllm_unchanged(rec):
+def test_method_path_query_and_body_reach_vllm_unchanged(recorder_stack):
     raw = b'{ "model" : "rec",  "weird": [1, 2.50, "\\u00e9"], "keep":   "spacing" }'
-    r = httpx.post(rec.base_url + "/some/new/endpoint?a=1&b=two%20words", content=raw,
-                   headers={"authorization": f"Bearer {rec.token}", "content-type": "application/json"})
+    r = httpx.post(recorder_stack.base_url + "/some/new/endpoint?a=1&b=two%20words", content=raw,
+                   headers={"authorization": f"Bearer {recorder_stack.token}", "content-type": "application/json"})
     assert r.status_code == 201  # vLLM's status, not ours
     assert r.json() == {"echo": True} and r.headers["x-upstream"] == "yes"
-    got = rec.seen[-1]
+    got = recorder_stack.seen[-1]
     assert got["method"] == "POST"
     assert got["path"] == "/v1/some/new/endpoint"
     assert got["query"] == "a=1&b=two%20words"
@@ -83,9 +84,9 @@ def test_method_path_query_and_body_reach_vllm_unchanged(rec):
     assert got["headers"]["x-request-id"] == r.headers["x-request-id"]
 
 
-def test_streaming_is_relayed_unbuffered(rec):
-    with httpx.stream("POST", rec.base_url + "/slow", json={"model": "rec"},
-                      headers={"authorization": f"Bearer {rec.token}"}, timeout=10) as r:
+def test_streaming_is_relayed_unbuffered(recorder_stack):
+    with httpx.stream("POST", recorder_stack.base_url + "/slow", json={"model": "rec"},
+                      headers={"authorization": f"Bearer {recorder_stack.token}"}, timeout=10) as r:
         t0 = time.monotonic()
         arrivals = []
         for _chunk in r.iter_raw():
@@ -94,11 +95,11 @@ def test_streaming_is_relayed_unbuffered(rec):
     assert arrivals[-1] > 1.5  # the upstream took ~2 s to finish
 
 
-def test_memory_does_not_grow_with_response_length(rec):
+def test_memory_does_not_grow_with_response_length(recorder_stack):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; sender, upstream and client share it
     received = 0
-    with httpx.stream("POST", rec.base_url + "/huge", json={"model": "rec"},
-                      headers={"authorization": f"Bearer {rec.token}"}, timeout=60) as r:
+    with httpx.stream("POST", recorder_stack.base_url + "/huge", json={"model": "rec"},
+                      headers={"authorization": f"Bearer {recorder_stack.token}"}, timeout=60) as r:
         for chunk in r.iter_raw():
             received += len(chunk)
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
@@ -106,10 +107,11 @@ def test_memory_does_not_grow_with_response_length(rec):
     assert grown_mib < 40, f"peak memory grew {grown_mib:.0f} MiB for a 100 MiB response"
 
 
-def test_the_upstream_client_is_pooled_not_created_per_request(rec):
-    session = rec.ctx.session
-    with httpx.Client(headers={"authorization": f"Bearer {rec.token}"}) as c:
+def test_the_upstream_client_is_pooled_not_created_per_request(recorder_stack):
+    session = recorder_stack.ctx.session
+    with httpx.Client(headers={"authorization": f"Bearer {recorder_stack.token}"}) as c:
         for _ in range(30):
-            assert c.post(rec.base_url + "/x", json={"model": "rec"}).status_code == 201
-    assert rec.ctx.session is session
-    assert len(rec.peers) <= 2, f"{len(rec.peers)} upstream connections for 30 sequential requests"
+            assert c.post(recorder_stack.base_url + "/x", json={"model": "rec"}).status_code == 201
+    assert recorder_stack.ctx.session is session
+    peers = recorder_stack.peers
+    assert len(peers) <= 2, f"{len(peers)} upstream connections for 30 sequential requests"

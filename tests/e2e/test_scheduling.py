@@ -17,7 +17,8 @@ MODEL = "sim-model"
 
 
 @pytest.fixture
-def sched(stack_factory):
+def one_slot_stack(stack_factory):
+    """A stack with one replica of capacity 1 (a slow simulator) and low, mid and high priority tokens."""
     s = stack_factory(queue_timeout_s=20.0)
     # ~20 ms per token: a 40-token blocker holds the only slot for ~0.8 s.
     s.upstream = s.add_sim(model=MODEL, itl_base=0.02)
@@ -83,34 +84,34 @@ class Recorder:
         return asyncio.create_task(run())
 
 
-async def test_high_priority_is_served_before_earlier_low_priority_tickets(sched):
+async def test_high_priority_is_served_before_earlier_low_priority_tickets(one_slot_stack):
     async with httpx.AsyncClient(timeout=30) as client:
-        rec = Recorder(sched, client)
-        blocker = rec.start("blocker", sched.tokens["low"], max_tokens=40)
-        await wait_in_flight(sched, 1)
-        lows = [rec.start(f"low{i}", sched.tokens["low"]) for i in range(3)]
-        await wait_depth(sched, 3)
-        high = rec.start("high", sched.tokens["high"])
-        await wait_depth(sched, 4)
+        rec = Recorder(one_slot_stack, client)
+        blocker = rec.start("blocker", one_slot_stack.tokens["low"], max_tokens=40)
+        await wait_in_flight(one_slot_stack, 1)
+        lows = [rec.start(f"low{i}", one_slot_stack.tokens["low"]) for i in range(3)]
+        await wait_depth(one_slot_stack, 3)
+        high = rec.start("high", one_slot_stack.tokens["high"])
+        await wait_depth(one_slot_stack, 4)
         responses = await asyncio.gather(blocker, *lows, high)
     assert all(r.status_code == 200 for r in responses)
     assert rec.order == ["blocker", "high", "low0", "low1", "low2"]
 
 
-async def test_threshold_refuses_at_once_when_the_queue_is_that_deep_and_admits_above(sched):
-    tight = sched.create_token("tight", priority=9, threshold=2)
-    roomy = sched.create_token("roomy", priority=9, threshold=3)
+async def test_threshold_refuses_at_once_when_the_queue_is_that_deep_and_admits_above(one_slot_stack):
+    tight = one_slot_stack.create_token("tight", priority=9, threshold=2)
+    roomy = one_slot_stack.create_token("roomy", priority=9, threshold=3)
     async with httpx.AsyncClient(timeout=30) as client:
-        rec = Recorder(sched, client)
-        blocker = rec.start("blocker", sched.tokens["low"], max_tokens=40)
-        await wait_in_flight(sched, 1)
-        queued = [rec.start(f"q{i}", sched.tokens["low"]) for i in range(2)]
-        await wait_depth(sched, 2)
+        rec = Recorder(one_slot_stack, client)
+        blocker = rec.start("blocker", one_slot_stack.tokens["low"], max_tokens=40)
+        await wait_in_flight(one_slot_stack, 1)
+        queued = [rec.start(f"q{i}", one_slot_stack.tokens["low"]) for i in range(2)]
+        await wait_depth(one_slot_stack, 2)
         t0 = time.monotonic()
-        refused = await client.post(sched.base_url + "/chat/completions", json=body(), headers=auth(tight))
+        refused = await client.post(one_slot_stack.base_url + "/chat/completions", json=body(), headers=auth(tight))
         elapsed = time.monotonic() - t0
         admitted = rec.start("roomy", roomy)
-        await wait_depth(sched, 3)
+        await wait_depth(one_slot_stack, 3)
         responses = await asyncio.gather(blocker, *queued, admitted)
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "queue_over_threshold"
@@ -119,49 +120,49 @@ async def test_threshold_refuses_at_once_when_the_queue_is_that_deep_and_admits_
     assert all(r.status_code == 200 for r in responses)
 
 
-async def test_a_request_may_lower_its_priority_but_never_raise_it(sched):
+async def test_a_request_may_lower_its_priority_but_never_raise_it(one_slot_stack):
     async with httpx.AsyncClient(timeout=30) as client:
-        rec = Recorder(sched, client)
-        blocker = rec.start("blocker", sched.tokens["low"], max_tokens=40)
-        await wait_in_flight(sched, 1)
-        tasks = [rec.start("high-lowered-to-2", sched.tokens["high"], priority=2)]
-        await wait_depth(sched, 1)
-        tasks.append(rec.start("low-asks-for-9", sched.tokens["low"], priority=9))  # stays at 1
-        await wait_depth(sched, 2)
-        tasks.append(rec.start("mid", sched.tokens["mid"]))
-        await wait_depth(sched, 3)
+        rec = Recorder(one_slot_stack, client)
+        blocker = rec.start("blocker", one_slot_stack.tokens["low"], max_tokens=40)
+        await wait_in_flight(one_slot_stack, 1)
+        tasks = [rec.start("high-lowered-to-2", one_slot_stack.tokens["high"], priority=2)]
+        await wait_depth(one_slot_stack, 1)
+        tasks.append(rec.start("low-asks-for-9", one_slot_stack.tokens["low"], priority=9))  # stays at 1
+        await wait_depth(one_slot_stack, 2)
+        tasks.append(rec.start("mid", one_slot_stack.tokens["mid"]))
+        await wait_depth(one_slot_stack, 3)
         await asyncio.gather(blocker, *tasks)
     assert rec.order == ["blocker", "mid", "high-lowered-to-2", "low-asks-for-9"]
 
 
-async def test_a_client_that_leaves_while_queued_never_consumes_a_slot(sched):
+async def test_a_client_that_leaves_while_queued_never_consumes_a_slot(one_slot_stack):
     async with httpx.AsyncClient(timeout=30) as client:
-        rec = Recorder(sched, client)
-        blocker = rec.start("blocker", sched.tokens["low"], max_tokens=40)
-        await wait_in_flight(sched, 1)
+        rec = Recorder(one_slot_stack, client)
+        blocker = rec.start("blocker", one_slot_stack.tokens["low"], max_tokens=40)
+        await wait_in_flight(one_slot_stack, 1)
         async with httpx.AsyncClient(timeout=0.3) as impatient:
             with pytest.raises(httpx.ReadTimeout):
-                await impatient.post(sched.base_url + "/chat/completions", json=body(),
-                                     headers=auth(sched.tokens["high"]))
+                await impatient.post(one_slot_stack.base_url + "/chat/completions", json=body(),
+                                     headers=auth(one_slot_stack.tokens["high"]))
         await blocker
-        after = await client.post(sched.base_url + "/chat/completions", json=body(),
-                                  headers=auth(sched.tokens["low"]))
+        after = await client.post(one_slot_stack.base_url + "/chat/completions", json=body(),
+                                  headers=auth(one_slot_stack.tokens["low"]))
     assert after.status_code == 200
-    assert consumer_sample(sched, "llmd_consumer_grants_total") == 2  # blocker and after, never the leaver
-    assert consumer_sample(sched, "llmd_consumer_tickets_dropped_total", reason="cancelled") == 1
+    assert consumer_sample(one_slot_stack, "llmd_consumer_grants_total") == 2  # blocker and after, never the leaver
+    assert consumer_sample(one_slot_stack, "llmd_consumer_tickets_dropped_total", reason="cancelled") == 1
 
 
-async def test_a_client_that_leaves_mid_stream_releases_its_lease_and_vllm_aborts(sched):
+async def test_a_client_that_leaves_mid_stream_releases_its_lease_and_vllm_aborts(one_slot_stack):
     async with httpx.AsyncClient(timeout=30) as client:
         t0 = time.monotonic()
-        async with client.stream("POST", sched.base_url + "/chat/completions", json=body(200, stream=True),
-                                 headers=auth(sched.tokens["low"])) as r:
+        async with client.stream("POST", one_slot_stack.base_url + "/chat/completions", json=body(200, stream=True),
+                                 headers=auth(one_slot_stack.tokens["low"])) as r:
             assert r.status_code == 200
             async for _ in r.aiter_bytes():
                 break  # read the first chunk, then hang up
-        await wait_in_flight(sched, 0, timeout=2)
+        await wait_in_flight(one_slot_stack, 0, timeout=2)
         released_after = time.monotonic() - t0
-        metrics = (await client.get(sched.upstream + "/metrics")).text
+        metrics = (await client.get(one_slot_stack.upstream + "/metrics")).text
     assert released_after < 2.0  # the full answer would take ~4 s
     assert 'finished_reason="abort"' in metrics
     aborted = [line for line in metrics.splitlines()

@@ -24,18 +24,19 @@ from llm_dispatcher.tokens_cli import parse_duration
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
+def sqlite_url(tmp_path: Path) -> str:
+    """A SQLite file (in a directory not created yet) for the CLI's database."""
     return f"sqlite+aiosqlite:///{tmp_path / 'state' / 'cli.db'}"
 
 
 @pytest.fixture
-def cli(db_url: str, capsys: pytest.CaptureFixture[str]):
+def run_cli(sqlite_url: str, capsys: pytest.CaptureFixture[str]):
     """Runs `llm-dispatcher <args>` in-process; returns (exit code, stdout, stderr)."""
 
     def run(*args: str) -> tuple[int, str, str]:
         capsys.readouterr()
         try:
-            code = main([args[0], "--database-url", db_url, *args[1:]])
+            code = main([args[0], "--database-url", sqlite_url, *args[1:]])
         except SystemExit as exc:  # argparse errors
             code = int(exc.code or 0)
         out = capsys.readouterr()
@@ -44,26 +45,26 @@ def cli(db_url: str, capsys: pytest.CaptureFixture[str]):
     return run
 
 
-def stored_rows(db_url: str) -> list[sa.Row]:
+def stored_rows(sqlite_url: str) -> list[sa.Row]:
     async def read() -> list[sa.Row]:
-        async with Store(db_url) as store, store.engine.connect() as conn:
+        async with Store(sqlite_url) as store, store.engine.connect() as conn:
             return list((await conn.execute(sa.select(tokens))).all())
 
     return asyncio.run(read())
 
 
-def test_create_quiet_prints_only_the_token_and_stores_its_hash(cli, db_url: str) -> None:
-    code, out, err = cli("tokens", "create", "alice", "--priority", "5", "--threshold", "100", "--quiet")
+def test_create_quiet_prints_only_the_token_and_stores_its_hash(run_cli, sqlite_url: str) -> None:
+    code, out, err = run_cli("tokens", "create", "alice", "--priority", "5", "--threshold", "100", "--quiet")
     assert code == 0 and err == ""
     token = out.strip()
     assert out == token + "\n" and token.startswith("sk-llmd-")
-    (row,) = stored_rows(db_url)
+    (row,) = stored_rows(sqlite_url)
     assert row.token_hash == hash_token(token)
     assert not any(token in str(v) for v in row)
 
 
-def test_create_explains_that_the_token_is_shown_once(cli) -> None:
-    code, out, _ = cli(
+def test_create_explains_that_the_token_is_shown_once(run_cli) -> None:
+    code, out, _ = run_cli(
         "tokens", "create", "bob", "--priority", "1", "--threshold", "10", "--models", "m1, m2", "--expires-in", "30d"
     )
     assert code == 0
@@ -73,17 +74,17 @@ def test_create_explains_that_the_token_is_shown_once(cli) -> None:
     assert "m1, m2" in out and "expires 20" in out
 
 
-def test_list_shows_settings_but_never_secrets(cli, db_url: str) -> None:
-    _, out, _ = cli("tokens", "create", "alice", "--priority", "5", "--threshold", "100", "-q")
+def test_list_shows_settings_but_never_secrets(run_cli, sqlite_url: str) -> None:
+    _, out, _ = run_cli("tokens", "create", "alice", "--priority", "5", "--threshold", "100", "-q")
     token = out.strip()
-    cli("tokens", "create", "bob", "--priority", "1", "--threshold", "10", "--models", "m1", "-q")
-    cli("tokens", "revoke", "bob")
-    (row,) = [r for r in stored_rows(db_url) if r.name == "alice"]
+    run_cli("tokens", "create", "bob", "--priority", "1", "--threshold", "10", "--models", "m1", "-q")
+    run_cli("tokens", "revoke", "bob")
+    (row,) = [r for r in stored_rows(sqlite_url) if r.name == "alice"]
 
-    code, table, _ = cli("tokens", "list")
+    code, table, _ = run_cli("tokens", "list")
     assert code == 0
     assert "alice" in table and "bob" in table and "revoked" in table and "active" in table
-    code, as_json, _ = cli("tokens", "list", "--json")
+    code, as_json, _ = run_cli("tokens", "list", "--json")
     assert code == 0
     items = {i["name"]: i for i in json.loads(as_json)}
     assert items["bob"] == {
@@ -100,37 +101,37 @@ def test_list_shows_settings_but_never_secrets(cli, db_url: str) -> None:
         assert token not in output and row.token_hash not in output and "sk-llmd-" not in output
 
 
-def test_update_changes_settings_and_enable_undoes_revoke(cli) -> None:
-    cli("tokens", "create", "u", "--priority", "1", "--threshold", "1", "--models", "a", "--expires-in", "1h", "-q")
-    code, out, _ = cli("tokens", "update", "u", "--priority", "9", "--all-models", "--no-expiry")
+def test_update_changes_settings_and_enable_undoes_revoke(run_cli) -> None:
+    run_cli("tokens", "create", "u", "--priority", "1", "--threshold", "1", "--models", "a", "--expires-in", "1h", "-q")
+    code, out, _ = run_cli("tokens", "update", "u", "--priority", "9", "--all-models", "--no-expiry")
     assert code == 0 and "priority 9" in out and "all models" in out and "no expiry" in out
-    cli("tokens", "revoke", "u")
-    code, out, _ = cli("tokens", "update", "u", "--enable", "--expires-at", "2031-01-02T03:04:05+01:00")
+    run_cli("tokens", "revoke", "u")
+    code, out, _ = run_cli("tokens", "update", "u", "--enable", "--expires-at", "2031-01-02T03:04:05+01:00")
     assert code == 0 and "active" in out and "2031-01-02T02:04:05Z" in out
-    (item,) = json.loads(cli("tokens", "list", "--json")[1])
+    (item,) = json.loads(run_cli("tokens", "list", "--json")[1])
     assert (item["priority"], item["allowed_models"], item["enabled"]) == (9, None, True)
 
 
-def test_unknown_and_duplicate_names_exit_2_with_a_clear_message(cli) -> None:
-    assert cli("tokens", "create", "dup", "--priority", "1", "--threshold", "1", "-q")[0] == 0
-    code, out, err = cli("tokens", "create", "dup", "--priority", "1", "--threshold", "1", "-q")
+def test_unknown_and_duplicate_names_exit_2_with_a_clear_message(run_cli) -> None:
+    assert run_cli("tokens", "create", "dup", "--priority", "1", "--threshold", "1", "-q")[0] == 0
+    code, out, err = run_cli("tokens", "create", "dup", "--priority", "1", "--threshold", "1", "-q")
     assert (code, out) == (2, "") and "a token named 'dup' already exists" in err
-    code, _, err = cli("tokens", "revoke", "ghost")
+    code, _, err = run_cli("tokens", "revoke", "ghost")
     assert code == 2 and "no token named 'ghost'" in err
-    code, _, err = cli("tokens", "update", "ghost", "--priority", "1")
+    code, _, err = run_cli("tokens", "update", "ghost", "--priority", "1")
     assert code == 2 and "no token named 'ghost'" in err
-    code, _, err = cli("tokens", "update", "dup")
+    code, _, err = run_cli("tokens", "update", "dup")
     assert code == 2 and "nothing to update" in err
 
 
-def test_bad_arguments_are_refused_by_the_parser(cli) -> None:
-    assert cli("tokens", "create", "x", "--priority", "-1", "--threshold", "1")[0] == 2
-    assert cli("tokens", "create", "x", "--priority", "1", "--threshold", "1", "--expires-in", "soon")[0] == 2
-    code, _, err = cli("tokens", "update", "x", "--models", "a", "--all-models")
+def test_bad_arguments_are_refused_by_the_parser(run_cli) -> None:
+    assert run_cli("tokens", "create", "x", "--priority", "-1", "--threshold", "1")[0] == 2
+    assert run_cli("tokens", "create", "x", "--priority", "1", "--threshold", "1", "--expires-in", "soon")[0] == 2
+    code, _, err = run_cli("tokens", "update", "x", "--models", "a", "--all-models")
     assert code == 2 and "not allowed with" in err
 
 
-def test_import_yaml_and_json_is_idempotent(cli, tmp_path: Path) -> None:
+def test_import_yaml_and_json_is_idempotent(run_cli, tmp_path: Path) -> None:
     yaml_file = tmp_path / "seed.yaml"
     yaml_file.write_text(
         "tokens:\n"
@@ -141,33 +142,33 @@ def test_import_yaml_and_json_is_idempotent(cli, tmp_path: Path) -> None:
         "    allowed_models: [m1]\n"
         "    expires_at: 2030-01-01\n"
     )
-    code, out, _ = cli("tokens", "import", str(yaml_file))
+    code, out, _ = run_cli("tokens", "import", str(yaml_file))
     assert code == 0 and "1 created or changed" in out
-    code, out, _ = cli("tokens", "import", str(yaml_file))
+    code, out, _ = run_cli("tokens", "import", str(yaml_file))
     assert code == 0 and "0 created or changed" in out
 
     json_file = tmp_path / "seed.json"
     json_file.write_text(json.dumps([{"name": "svc", "token": "sk-svc-secret", "priority": 4, "threshold": 30}]))
-    code, out, _ = cli("tokens", "import", str(json_file))
+    code, out, _ = run_cli("tokens", "import", str(json_file))
     assert code == 0 and "1 created or changed" in out
-    (item,) = json.loads(cli("tokens", "list", "--json")[1])
+    (item,) = json.loads(run_cli("tokens", "list", "--json")[1])
     assert (item["priority"], item["allowed_models"], item["expires_at"]) == (4, None, None)
 
     json_file.write_text(json.dumps([{"name": "bad", "priority": 1, "threshold": 1}]))
-    code, _, err = cli("tokens", "import", str(json_file))
+    code, _, err = run_cli("tokens", "import", str(json_file))
     assert code == 2 and "exactly one of 'token'" in err
-    code, _, err = cli("tokens", "import", str(tmp_path / "missing.json"))
+    code, _, err = run_cli("tokens", "import", str(tmp_path / "missing.json"))
     assert code == 2 and "cannot read" in err
 
 
-def test_db_upgrade_and_current(cli, db_url: str) -> None:
-    code, out, _ = cli("db", "current")
+def test_db_upgrade_and_current(run_cli, sqlite_url: str) -> None:
+    code, out, _ = run_cli("db", "current")
     assert (code, out) == (0, "none\n")
-    code, out, _ = cli("db", "upgrade")
+    code, out, _ = run_cli("db", "upgrade")
     assert code == 0 and f"to {head_revision()}" in out
-    code, out, _ = cli("db", "upgrade")
+    code, out, _ = run_cli("db", "upgrade")
     assert code == 0 and "already at revision" in out
-    code, out, _ = cli("db", "current")
+    code, out, _ = run_cli("db", "current")
     assert (code, out) == (0, f"{head_revision()}\n")
 
 
@@ -186,8 +187,8 @@ def test_unreachable_database_exits_1(capsys: pytest.CaptureFixture[str]) -> Non
     assert "database unavailable" in capsys.readouterr().err
 
 
-def test_console_script_in_a_subprocess_prints_only_the_token(db_url: str, tmp_path: Path) -> None:
-    env = {**os.environ, "LLMD_DATABASE_URL": db_url}
+def test_console_script_in_a_subprocess_prints_only_the_token(sqlite_url: str, tmp_path: Path) -> None:
+    env = {**os.environ, "LLMD_DATABASE_URL": sqlite_url}
     args = [sys.executable, "-m", "llm_dispatcher", "tokens", "create", "sub", "--priority", "2", "--threshold", "3"]
     proc = subprocess.run([*args, "--quiet"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -205,19 +206,21 @@ def test_parse_duration_accepts_units_and_combinations() -> None:
             parse_duration(bad)
 
 
-def test_expires_in_is_relative_to_now(cli) -> None:
+def test_expires_in_is_relative_to_now(run_cli) -> None:
     before = datetime.now(UTC)
-    cli("tokens", "create", "soon", "--priority", "1", "--threshold", "1", "--expires-in", "12h", "-q")
-    (item,) = json.loads(cli("tokens", "list", "--json")[1])
+    run_cli("tokens", "create", "soon", "--priority", "1", "--threshold", "1", "--expires-in", "12h", "-q")
+    (item,) = json.loads(run_cli("tokens", "list", "--json")[1])
     expires = datetime.fromisoformat(item["expires_at"])
     assert timedelta(hours=12) - timedelta(seconds=5) <= expires - before <= timedelta(hours=12, seconds=5)
 
 
-def test_create_token_dash_reads_the_plaintext_from_stdin(cli, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_create_token_dash_reads_the_plaintext_from_stdin(
+    run_cli, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO("sk-from-stdin\n"))
-    code, out, _ = cli("tokens", "create", "piped", "--priority", "1", "--threshold", "1", "--token", "-", "-q")
+    code, out, _ = run_cli("tokens", "create", "piped", "--priority", "1", "--threshold", "1", "--token", "-", "-q")
     assert (code, out) == (0, "sk-from-stdin\n")
-    (row,) = stored_rows(db_url)
+    (row,) = stored_rows(sqlite_url)
     assert row.token_hash == hash_token("sk-from-stdin")
 
 
@@ -271,10 +274,10 @@ def test_a_token_file_that_cannot_be_read_raises_os_error_naming_it(tmp_path: Pa
         load_tokens_file(tmp_path / "missing.json")
 
 
-def test_import_reads_a_token_list_from_stdin(cli, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_import_reads_a_token_list_from_stdin(run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps({"tokens": SEED})))
-    code, out, _ = cli("tokens", "import", "-")
+    code, out, _ = run_cli("tokens", "import", "-")
     assert code == 0 and "Imported 1 tokens (1 created or changed)" in out
     monkeypatch.setattr(sys, "stdin", io.StringIO('{"name": "svc"}'))
-    code, _, err = cli("tokens", "import", "-")
+    code, _, err = run_cli("tokens", "import", "-")
     assert code == 2 and "<stdin>: expected a list of tokens" in err
