@@ -43,8 +43,11 @@ real-vllm:
 real-vllm-stop:
 	bash scripts/real-vllm.sh stop $(REAL_VLLM_PORT)
 
+LINT_PATHS := llm_dispatcher sender consumer vllm_sim devstack tests bench scripts
+
 lint: $(STAMP)
-	$(BIN)/ruff check llm_dispatcher sender consumer vllm_sim devstack tests bench scripts
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 
 bench: $(STAMP) services

@@ -38,7 +38,9 @@ def wrk(url: str, token: str | None, concurrency: int, duration: float, workdir:
     )
     out = subprocess.run(
         ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script), url],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     lat = {m[0]: float(m[1]) * _UNITS[m[2]] for m in re.findall(r"^\s+(50|99)\.000%\s+([\d.]+)(us|ms|s)", out, re.M)}
     if not lat:  # older wrk prints "50%" lines
@@ -46,8 +48,13 @@ def wrk(url: str, token: str | None, concurrency: int, duration: float, workdir:
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
-    return {"p50_ms": lat["50"], "p99_ms": lat["99"], "rps": rps,
-            "non2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(0) if errors else ""}
+    return {
+        "p50_ms": lat["50"],
+        "p99_ms": lat["99"],
+        "rps": rps,
+        "non2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": errors.group(0) if errors else "",
+    }
 
 
 def broker_pid() -> int | None:
@@ -118,20 +125,26 @@ def main() -> int:
                 results[c]["dispatcher"].append(run)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
-    print(f"\nmedians of {args.rounds} alternating rounds of {args.duration:g} s each, "
-          f"{os.cpu_count()} CPUs, one sender process\n")
-    print("| concurrency | direct p50 | direct p99 | direct req/s | dispatcher p50 | dispatcher p99 | "
-          "dispatcher req/s | added p50 | added p99 | errors | mean ticket→grant | mean request→first byte |")
+    print(
+        f"\nmedians of {args.rounds} alternating rounds of {args.duration:g} s each, "
+        f"{os.cpu_count()} CPUs, one sender process\n"
+    )
+    print(
+        "| concurrency | direct p50 | direct p99 | direct req/s | dispatcher p50 | dispatcher p99 | "
+        "dispatcher req/s | added p50 | added p99 | errors | mean ticket→grant | mean request→first byte |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c, runs in results.items():
         d = {k: statistics.median(r[k] for r in runs["direct"]) for k in ("p50_ms", "p99_ms", "rps")}
         v = {k: statistics.median(r[k] for r in runs["dispatcher"]) for k in ("p50_ms", "p99_ms", "rps")}
         errors = sum(r["non2xx"] for r in runs["dispatcher"])
-        print(f"| {c} | {d['p50_ms']:.2f} ms | {d['p99_ms']:.2f} ms | {d['rps']:.0f} | {v['p50_ms']:.2f} ms | "
-              f"{v['p99_ms']:.2f} ms | {v['rps']:.0f} | {v['p50_ms'] - d['p50_ms']:+.2f} ms | "
-              f"{v['p99_ms'] - d['p99_ms']:+.2f} ms | {errors} | "
-              f"{statistics.median(r['mean_queue_wait_ms'] for r in runs['dispatcher']):.2f} ms | "
-              f"{statistics.median(r['mean_ttfb_ms'] for r in runs['dispatcher']):.2f} ms |")
+        print(
+            f"| {c} | {d['p50_ms']:.2f} ms | {d['p99_ms']:.2f} ms | {d['rps']:.0f} | {v['p50_ms']:.2f} ms | "
+            f"{v['p99_ms']:.2f} ms | {v['rps']:.0f} | {v['p50_ms'] - d['p50_ms']:+.2f} ms | "
+            f"{v['p99_ms'] - d['p99_ms']:+.2f} ms | {errors} | "
+            f"{statistics.median(r['mean_queue_wait_ms'] for r in runs['dispatcher']):.2f} ms | "
+            f"{statistics.median(r['mean_ttfb_ms'] for r in runs['dispatcher']):.2f} ms |"
+        )
     print("\nCPU time per request through the dispatcher (median of rounds), by process:\n")
     names = list(next(iter(results.values()))["dispatcher"][0]["cpu_ms_per_request"])
     print("| concurrency | " + " | ".join(names) + " | total |")

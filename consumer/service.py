@@ -55,8 +55,14 @@ class Topology:
 class Consumer:
     """Built by `await Consumer.create(settings)`: watching vLLM, connected and pulling when it returns."""
 
-    def __init__(self, settings: ConsumerSettings, metrics: ConsumerMetrics, link: amqp.BrokerLink,
-                 topology: Topology, control_name: str):
+    def __init__(
+        self,
+        settings: ConsumerSettings,
+        metrics: ConsumerMetrics,
+        link: amqp.BrokerLink,
+        topology: Topology,
+        control_name: str,
+    ):
         self.settings = settings
         self.metrics = metrics
         self.link = link
@@ -100,8 +106,9 @@ class Consumer:
     async def create(cls, settings: ConsumerSettings, metrics: ConsumerMetrics | None = None) -> Consumer:
         st = settings
         control_name = f"{st.queue_prefix}.ctl.{st.replica_id}.{uuid.uuid4().hex[:8]}"
-        link = await amqp.BrokerLink.open(st.amqp_url.get_secret_value(),
-                                          f"consumer:{st.queue_prefix}:{st.model}:{st.replica_id}")
+        link = await amqp.BrokerLink.open(
+            st.amqp_url.get_secret_value(), f"consumer:{st.queue_prefix}:{st.model}:{st.replica_id}"
+        )
         try:
             await link.channel.set_qos(prefetch_count=1)
             topology = await Topology.declare(link.channel, st, control_name)
@@ -116,8 +123,13 @@ class Consumer:
         link.spawn(self._heartbeat_loop(), "heartbeat")
         link.spawn(self._expiry_loop(), "lease-expiry")
         self.poke()
-        log.info("consumer of %s for %s started (max_concurrency=%d)", st.model, st.advertise_url,
-                 st.max_concurrency, extra={"model": st.model, "replica": st.replica_id})
+        log.info(
+            "consumer of %s for %s started (max_concurrency=%d)",
+            st.model,
+            st.advertise_url,
+            st.max_concurrency,
+            extra={"model": st.model, "replica": st.replica_id},
+        )
         return self
 
     @property
@@ -291,8 +303,12 @@ class Consumer:
             return
         await channel.basic_ack(tag)
         m.grants.labels(*lab).inc()
-        log.debug("granted %s (lease %s)", ticket.id, lease.id,
-                  extra={"ticket_id": ticket.id, "lease_id": lease.id, "request_id": ticket.request_id})
+        log.debug(
+            "granted %s (lease %s)",
+            ticket.id,
+            lease.id,
+            extra={"ticket_id": ticket.id, "lease_id": lease.id, "request_id": ticket.request_id},
+        )
         if self.in_flight >= self.limits.max_concurrency:
             self.poke()
 

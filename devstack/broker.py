@@ -58,8 +58,9 @@ class PrivateBroker:
     def start(self) -> PrivateBroker:
         (self.dir / "pid").unlink(missing_ok=True)
         with open(self.dir / "server.log", "ab") as out:  # the child keeps its own copy of the descriptor
-            self._proc = subprocess.Popen(["rabbitmq-server"], env=self._env(), stdout=out,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
+            self._proc = subprocess.Popen(
+                ["rabbitmq-server"], env=self._env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + self.start_timeout_s
         while not self.accepting():
             if self._proc.poll() is not None:

@@ -51,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
     stack = ProcessStack("data", model=args.sim_model, env=env)
     try:
         if not upstreams:
-            url = stack.start_sim(["--max-num-seqs", "16", "--itl-base", "0.01", "--itl-per-seq", "0.001"],
-                                  port=args.sim_port)
+            url = stack.start_sim(
+                ["--max-num-seqs", "16", "--itl-base", "0.01", "--itl-per-seq", "0.001"], port=args.sim_port
+            )
             upstreams.append((args.sim_model, url))
         models = sorted({m for m, _ in upstreams})
         for i, (model, url) in enumerate(upstreams):
@@ -60,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         stack.start_sender(port=args.port, metrics_port=args.metrics_port, LLMD_MODELS=json.dumps(models))
         model = models[0]
         base = f"{stack.url}/v1"
-        print(f"""
+        print(
+            f"""
 llm-dispatcher is running: {base}  (models: {", ".join(models)})
   metrics: {stack.metrics_url}/metrics   consumers: http://127.0.0.1:{args.consumer_port}/metrics
 
@@ -76,7 +78,9 @@ c = openai.OpenAI(base_url="{base}", api_key=os.environ["TOKEN"]); \\
 print(c.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Hello!"}}]).choices[0].message.content)'
 
 Ctrl-C stops everything.
-""", flush=True)
+""",
+            flush=True,
+        )
         while all(p.poll() is None for p in stack.procs):
             time.sleep(0.5)
         print("a process exited; stopping the stack", file=sys.stderr)

@@ -83,17 +83,29 @@ class ProcessStack:
     """sim(s) + one consumer per sim + one sender, with a fresh queue prefix and token DB.
     `start()` starts that; `start_sim` / `start_consumer` / `start_sender` build other shapes."""
 
-    def __init__(self, workdir: str, sims: list[list[str]] | None = None, model: str = "bench-model",
-                 consumer_env: dict | None = None, sender_env: dict | None = None, env: dict | None = None):
+    def __init__(
+        self,
+        workdir: str,
+        sims: list[list[str]] | None = None,
+        model: str = "bench-model",
+        consumer_env: dict | None = None,
+        sender_env: dict | None = None,
+        env: dict | None = None,
+    ):
         """`env`: the environment of every process; default: this one, isolated by a fresh queue prefix
         and a token database under `workdir`, quiet logs."""
         self.workdir = workdir
         self.model = model
         if env is None:
             prefix = f"bench.{uuid.uuid4().hex[:8]}"
-            env = {**os.environ, "LLMD_QUEUE_PREFIX": prefix,
-                   "LLMD_DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/bench-{prefix}.db",
-                   "LLMD_LOG_LEVEL": "WARNING", "LLMD_LOG_FORMAT": "text", "LLMD_TOKEN_CACHE_TTL_S": "60"}
+            env = {
+                **os.environ,
+                "LLMD_QUEUE_PREFIX": prefix,
+                "LLMD_DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/bench-{prefix}.db",
+                "LLMD_LOG_LEVEL": "WARNING",
+                "LLMD_LOG_FORMAT": "text",
+                "LLMD_TOKEN_CACHE_TTL_S": "60",
+            }
         self.env = env
         self.sim_args = sims or []
         self.consumer_env = consumer_env or {}
@@ -115,14 +127,25 @@ class ProcessStack:
         self.sim_urls.append(sim.url)
         return sim.url
 
-    def start_consumer(self, vllm_url: str, model: str | None = None, port: int | None = None,
-                       **env: str) -> subprocess.Popen:
+    def start_consumer(
+        self, vllm_url: str, model: str | None = None, port: int | None = None, **env: str
+    ) -> subprocess.Popen:
         """A consumer process; its /metrics and probes are at `proc.url`."""
         port = port or free_port()
         n = len(self.consumers)
-        proc = subprocess.Popen([*EXE, "consumer"], env={
-            **self.env, "LLMD_MODEL": model or self.model, "LLMD_VLLM_URL": vllm_url, "LLMD_PORT": str(port),
-            "LLMD_HOST": "127.0.0.1", "LLMD_REPLICA_ID": f"r{n}", **self.consumer_env, **env})
+        proc = subprocess.Popen(
+            [*EXE, "consumer"],
+            env={
+                **self.env,
+                "LLMD_MODEL": model or self.model,
+                "LLMD_VLLM_URL": vllm_url,
+                "LLMD_PORT": str(port),
+                "LLMD_HOST": "127.0.0.1",
+                "LLMD_REPLICA_ID": f"r{n}",
+                **self.consumer_env,
+                **env,
+            },
+        )
         proc.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
         self.procs.append(proc)
         self.consumers.append(proc)
@@ -133,9 +156,16 @@ class ProcessStack:
         """The sender; its API at `self.url`, its /metrics listener at `self.metrics_url`."""
         self.port = port or free_port()
         self.metrics_port = metrics_port or free_port()
-        self.sender = subprocess.Popen([*EXE, "sender"], env={
-            **self.env, "LLMD_PORT": str(self.port), "LLMD_METRICS_PORT": str(self.metrics_port),
-            **self.sender_env, **env})
+        self.sender = subprocess.Popen(
+            [*EXE, "sender"],
+            env={
+                **self.env,
+                "LLMD_PORT": str(self.port),
+                "LLMD_METRICS_PORT": str(self.metrics_port),
+                **self.sender_env,
+                **env,
+            },
+        )
         self.procs.append(self.sender)
         self.url = f"http://127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}"
@@ -145,7 +175,11 @@ class ProcessStack:
     def token(self, name: str, priority: int = 5, threshold: int = 100000) -> str:
         out = subprocess.run(
             [*EXE, "tokens", "create", name, "--priority", str(priority), "--threshold", str(threshold), "--quiet"],
-            env=self.env, check=True, capture_output=True, text=True)
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         return out.stdout.strip()
 
     def wait_live(self, token: str, timeout: float = 30) -> None:

@@ -35,8 +35,9 @@ _BROKER_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, as
 
 
 @contextlib.contextmanager
-def broker_errors(retry_after_s: float | None = None, what: str = "the message broker is unreachable"
-                  ) -> Iterator[None]:
+def broker_errors(
+    retry_after_s: float | None = None, what: str = "the message broker is unreachable"
+) -> Iterator[None]:
     """aio-pika / aiormq / socket failures become BrokerUnavailableError (503 at the HTTP edge)."""
     try:
         yield

@@ -1,19 +1,19 @@
 """One error tree for the whole project, rendered as the OpenAI error envelope at the HTTP edge.
 
-    DispatcherError                      (status, type, code)
-    ├── AuthenticationError              401 invalid_api_key
-    ├── InvalidRequestError              400 invalid_request_error
-    │   ├── PayloadTooLargeError         413 request_too_large
-    │   └── RequestTimeoutError          408 request_timeout (the body did not arrive in time)
-    ├── UnknownURLError                  404 unknown_url (a path the gateway does not forward)
-    ├── ModelNotFoundError               404 model_not_found
-    ├── OverThresholdError               429 queue_over_threshold (+ Retry-After)
-    ├── ServiceUnavailableError          503 (+ Retry-After)
-    │   ├── QueueTimeoutError            503 queue_timeout
-    │   ├── NoReplicaError               503 no_live_replica
-    │   └── BrokerUnavailableError       503 broker_unavailable
-    ├── UpstreamError                    502 upstream_unreachable
-    └── InternalError                    500 internal_error (a bug: logged with its traceback)
+DispatcherError                      (status, type, code)
+├── AuthenticationError              401 invalid_api_key
+├── InvalidRequestError              400 invalid_request_error
+│   ├── PayloadTooLargeError         413 request_too_large
+│   └── RequestTimeoutError          408 request_timeout (the body did not arrive in time)
+├── UnknownURLError                  404 unknown_url (a path the gateway does not forward)
+├── ModelNotFoundError               404 model_not_found
+├── OverThresholdError               429 queue_over_threshold (+ Retry-After)
+├── ServiceUnavailableError          503 (+ Retry-After)
+│   ├── QueueTimeoutError            503 queue_timeout
+│   ├── NoReplicaError               503 no_live_replica
+│   └── BrokerUnavailableError       503 broker_unavailable
+├── UpstreamError                    502 upstream_unreachable
+└── InternalError                    500 internal_error (a bug: logged with its traceback)
 """
 
 from __future__ import annotations

@@ -8,8 +8,17 @@ import time
 
 import orjson
 
-_EXTRA_FIELDS = ("request_id", "model", "replica", "priority", "status", "reason", "lease_id", "ticket_id",
-                 "queue_depth")
+_EXTRA_FIELDS = (
+    "request_id",
+    "model",
+    "replica",
+    "priority",
+    "status",
+    "reason",
+    "lease_id",
+    "ticket_id",
+    "queue_depth",
+)
 
 
 class JsonFormatter(logging.Formatter):
@@ -61,12 +70,12 @@ class RepeatedFailureLog:
             return
         self._since_report += 1
         if now - self._last_report >= self._every_s:
-            self._log.error("%s still failing (%d more since the last report): %r", self._what,
-                            self._since_report, exc)
+            self._log.error("%s still failing (%d more since the last report): %r", self._what, self._since_report, exc)
             self._since_report, self._last_report = 0, now
 
     def succeeded(self) -> None:
         if self._failing:
             self._failing = False
-            self._log.warning("%s working again (%d more failures since the last report)", self._what,
-                              self._since_report)
+            self._log.warning(
+                "%s working again (%d more failures since the last report)", self._what, self._since_report
+            )

@@ -47,8 +47,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse()
 
     def _refuse(self) -> None:
-        body = (b'{"error":{"message":"request headers too large","type":"invalid_request_error",'
-                b'"param":null,"code":"request_header_fields_too_large"}}')
+        body = (
+            b'{"error":{"message":"request headers too large","type":"invalid_request_error",'
+            b'"param":null,"code":"request_header_fields_too_large"}}'
+        )
         self.logger.warning("request headers over %d bytes refused", self._max_header_bytes)
         self._refused = True
         self.transport.write(

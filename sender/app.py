@@ -58,8 +58,10 @@ async def metrics_listener(settings: SenderSettings, metrics: SenderMetrics) -> 
         sock.bind((host, settings.metrics_port))
     except OSError as exc:
         sock.close()
-        raise SystemExit(f"the metrics port {host}:{settings.metrics_port} is not free ({exc.strerror}); "
-                         "set LLMD_METRICS_PORT to another port (0: none)") from None
+        raise SystemExit(
+            f"the metrics port {host}:{settings.metrics_port} is not free ({exc.strerror}); "
+            "set LLMD_METRICS_PORT to another port (0: none)"
+        ) from None
     server = uvicorn_server(make_asgi_app(metrics.registry), host, settings.metrics_port, loop="none")
     server.config.lifespan = "off"
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
@@ -121,8 +123,9 @@ def export_counters(metrics: SenderMetrics, usage: UsageWriter, tokens: TokenCac
     metrics.count("llmd_usage_records_dropped", "Usage records dropped (writer queue full)", lambda: usage.dropped)
     metrics.count("llmd_token_cache_hits", "Token lookups answered from the cache", lambda: tokens.hits)
     metrics.count("llmd_token_cache_misses", "Token lookups that went to the database", lambda: tokens.misses)
-    metrics.count("llmd_token_cache_stale_served", "Cached tokens served while the database failed",
-                  lambda: tokens.stale_served)
+    metrics.count(
+        "llmd_token_cache_stale_served", "Cached tokens served while the database failed", lambda: tokens.stale_served
+    )
     metrics.usage_pending.set_function(lambda: usage.pending)
 
 
@@ -139,6 +142,7 @@ def create_app(settings: SenderSettings | None = None) -> FastAPI:
     app = FastAPI(title="llm-dispatcher", lifespan=lifespan, docs_url=None, redoc_url=None)
     add_error_handlers(app)
     add_routes(app, settings, holder)
+
     def ctx() -> SenderContext:
         return holder["ctx"]
 
@@ -209,11 +213,12 @@ def refuse_placeholder_tokens(tokens: list[dict], settings: SenderSettings) -> N
         return
     names = [str(t.get("name")) for t in tokens if placeholder_credential(f"x://u:{t.get('token', '')}@h")]
     if names:
-        raise SystemExit(f"LLMD_TOKENS_FILE seeds placeholder tokens outside development: {', '.join(names)}; "
-                         "give them real values (or LLMD_ENVIRONMENT=development)")
+        raise SystemExit(
+            f"LLMD_TOKENS_FILE seeds placeholder tokens outside development: {', '.join(names)}; "
+            "give them real values (or LLMD_ENVIRONMENT=development)"
+        )
 
 
 def _unknown_url(request: Request) -> Response:
     exc = UnknownURLError(f"Invalid URL ({request.method} {shorten(request.url.path)})")
     return JSONBytes(exc.body(), status_code=exc.status)
-

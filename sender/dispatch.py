@@ -37,8 +37,15 @@ MAX_PENDING_RELEASES = 100_000  # beyond that the consumers' reconciliation recl
 class Dispatcher:
     """Built by `await Dispatcher.create(...)`: connected, subscribed and running when it returns."""
 
-    def __init__(self, settings: SenderSettings, registry: Registry, metrics: SenderMetrics, link: amqp.BrokerLink,
-                 reply_name: str, cancels: AbstractExchange):
+    def __init__(
+        self,
+        settings: SenderSettings,
+        registry: Registry,
+        metrics: SenderMetrics,
+        link: amqp.BrokerLink,
+        reply_name: str,
+        cancels: AbstractExchange,
+    ):
         self.settings = settings
         self.registry = registry
         self.metrics = metrics
@@ -63,8 +70,9 @@ class Dispatcher:
     async def create(cls, settings: SenderSettings, registry: Registry, metrics: SenderMetrics) -> Dispatcher:
         prefix = settings.queue_prefix
         reply_name = f"{prefix}.reply.{uuid.uuid4().hex}"
-        link = await amqp.BrokerLink.open(settings.amqp_url.get_secret_value(), f"sender:{reply_name}",
-                                          retry_after_s=settings.retry_after_s)
+        link = await amqp.BrokerLink.open(
+            settings.amqp_url.get_secret_value(), f"sender:{reply_name}", retry_after_s=settings.retry_after_s
+        )
         channel = link.channel
         cancels = await amqp.declare_fanout(channel, protocol.cancel_exchange(prefix))
         heartbeats = await amqp.declare_fanout(channel, protocol.heartbeat_exchange(prefix))
@@ -299,4 +307,3 @@ class Dispatcher:
             self._renewed[lease_id] = now
         with contextlib.suppress(BrokerUnavailableError):
             await self.link.publish(control, Renew(held).dumps(), message_type="renew")
-

@@ -96,8 +96,9 @@ class ProxyEndpoint:
             # upstream request is aborted (vLLM stops generating) and the lease released.
             watcher = DisconnectWatcher(receive, task)
             grant = await steps.dispatch(ctx, admission, outcome)
-            await steps.relay(ctx, admission, grant, path, scope.get("query_string", b""), scope["headers"], send,
-                              outcome)
+            await steps.relay(
+                ctx, admission, grant, path, scope.get("query_string", b""), scope["headers"], send, outcome
+            )
         except DispatcherError as exc:
             outcome.fail(exc.status, exc.code or "error")
             if not isinstance(exc, UpstreamError) and outcome.model:

@@ -19,28 +19,41 @@ class SenderMetrics:
         self.registry = registry or new_registry("sender")
         r = self.registry
         self.requests = Counter(
-            "llmd_requests", "Requests answered, by model, priority and HTTP status",
-            ("model", "priority", "status"), registry=r,
+            "llmd_requests",
+            "Requests answered, by model, priority and HTTP status",
+            ("model", "priority", "status"),
+            registry=r,
         )
         self.refusals = Counter(
             "llmd_refusals", "Requests refused before reaching vLLM, by reason", ("model", "reason"), registry=r
         )
         self.queue_wait = Histogram(
-            "llmd_queue_wait_seconds", "Time from ticket to grant", ("model", "priority"),
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "llmd_queue_wait_seconds",
+            "Time from ticket to grant",
+            ("model", "priority"),
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.ttfb = Histogram(
-            "llmd_time_to_first_byte_seconds", "Time from request to the first byte from vLLM", ("model",),
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "llmd_time_to_first_byte_seconds",
+            "Time from request to the first byte from vLLM",
+            ("model",),
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.proxy_latency = Histogram(
-            "llmd_request_duration_seconds", "Time from request to the last byte relayed", ("model",),
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "llmd_request_duration_seconds",
+            "Time from request to the last byte relayed",
+            ("model",),
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.tokens = Counter("llmd_tokens", "Tokens counted from vLLM usage", ("model", "kind"), registry=r)
         self.in_flight = Gauge("llmd_in_flight", "Requests being proxied by this sender", ("model",), registry=r)
         self.waiting = Gauge(
-            "llmd_waiting_tickets", "Tickets this sender is waiting on, by priority", ("model", "priority"),
+            "llmd_waiting_tickets",
+            "Tickets this sender is waiting on, by priority",
+            ("model", "priority"),
             registry=r,
         )
         self.queue_depth = Gauge(

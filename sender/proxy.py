@@ -12,8 +12,18 @@ FORWARD_REQUEST_HEADERS = frozenset(
 )
 # Response headers not relayed (hop-by-hop, or recomputed by our server).
 HOP_BY_HOP = frozenset(
-    {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade", b"proxy-authenticate",
-     b"proxy-authorization", b"date", b"server"}
+    {
+        b"connection",
+        b"keep-alive",
+        b"transfer-encoding",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"date",
+        b"server",
+    }
 )
 
 

@@ -56,8 +56,12 @@ class Registry:
                 continue
             entry = out.setdefault(
                 hb.model,
-                {"id": hb.model, "object": "model", "created": self._first_seen.get(hb.model, 0),
-                 "owned_by": "llm-dispatcher"},
+                {
+                    "id": hb.model,
+                    "object": "model",
+                    "created": self._first_seen.get(hb.model, 0),
+                    "owned_by": "llm-dispatcher",
+                },
             )
             if hb.max_model_len:
                 entry["max_model_len"] = max(entry.get("max_model_len", 0), hb.max_model_len)

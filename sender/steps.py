@@ -195,11 +195,21 @@ async def record(ctx: SenderContext, method: str, path: str, outcome: Outcome) -
             m.tokens.labels(outcome.model_label, "completion").inc(outcome.completion_tokens)
     if ctx.settings.access_log:
         access_log.info(
-            "%s %s %d in %.1f ms (queued %.1f ms)", method, path, outcome.status, total * 1000,
+            "%s %s %d in %.1f ms (queued %.1f ms)",
+            method,
+            path,
+            outcome.status,
+            total * 1000,
             outcome.queue_wait_s * 1000,
-            extra={"request_id": outcome.request_id, "model": outcome.model or None, "priority": outcome.priority,
-                   "status": outcome.status, "replica": grant.replica if grant else None, "reason": outcome.reason,
-                   "queue_depth": outcome.queue_depth},
+            extra={
+                "request_id": outcome.request_id,
+                "model": outcome.model or None,
+                "priority": outcome.priority,
+                "status": outcome.status,
+                "replica": grant.replica if grant else None,
+                "reason": outcome.reason,
+                "queue_depth": outcome.queue_depth,
+            },
         )
     if outcome.token is not None and outcome.model:
         ctx.usage.submit(

@@ -39,8 +39,10 @@ def tier_of(path: Path) -> str | None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     outside = sorted({str(item.path.relative_to(config.rootpath)) for item in items if tier_of(item.path) is None})
     if outside:
-        raise pytest.UsageError(f"test modules in no tier: {', '.join(outside)}; move each under tests/<tier>/ "
-                                f"(tiers: {', '.join(TIERS)}; see tests/conftest.py)")
+        raise pytest.UsageError(
+            f"test modules in no tier: {', '.join(outside)}; move each under tests/<tier>/ "
+            f"(tiers: {', '.join(TIERS)}; see tests/conftest.py)"
+        )
     for item in items:
         tier = tier_of(item.path)
         if tier == "real_vllm":

@@ -42,9 +42,7 @@ def plot_priority(results: Sequence[ArmResult], idle: ArmResult | None, path: Pa
     arms = ([idle] if idle else []) + list(results)
     for ax, cls in zip(axes[:2], ("interactive", "batch"), strict=True):
         for res in arms:
-            v = sorted(
-                r.ttft for r in res.records if r.cls == cls and r.status in (200, CUT) and r.ttft is not None
-            )
+            v = sorted(r.ttft for r in res.records if r.cls == cls and r.status in (200, CUT) and r.ttft is not None)
             if v:
                 ax.plot(v, np.linspace(0, 1, len(v)), label=res.arm, color=COLORS.get(res.arm))
         ax.set_xscale("log")

@@ -615,8 +615,10 @@ def test_every_setting_set_to_zero_or_false_reaches_the_env_as_given(chart: Any)
     assert {"shutdownGraceS", "autoMigrate"} <= sender_settings.keys()
     assert {"shutdownGraceS", "maxWaiting", "forwardPriority", "reservedSlots"} <= consumer_settings.keys()
     docs = render(chart, {"sender": {"settings": sender_settings}, "consumer": {"settings": consumer_settings}})
-    for env, settings in ((env_of(sender_container(docs)), sender_settings),
-                          (env_of(container(model_statefulsets(docs)[0], "consumer")), consumer_settings)):
+    for env, settings in (
+        (env_of(sender_container(docs)), sender_settings),
+        (env_of(container(model_statefulsets(docs)[0], "consumer")), consumer_settings),
+    ):
         for key, value in settings.items():
             name = "LLMD_" + re.sub(r"(?<!^)([A-Z])", r"_\1", key).upper()
             assert env[name]["value"] == json.dumps(value), f"{key}: {value!r} became {env[name]['value']!r}"
@@ -676,8 +678,16 @@ def test_the_sender_serves_metrics_on_its_own_port_which_the_service_monitor_scr
 
 @pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
 def test_the_ingress_never_routes_to_the_metrics_port(chart: Any, value_set: str) -> None:
-    docs = render(chart, {**VALUE_SETS[value_set], "ingress": {
-        "enabled": True, "hosts": [{"host": "a.example", "paths": [{"path": "/", "pathType": "Prefix"}]}]}})
+    docs = render(
+        chart,
+        {
+            **VALUE_SETS[value_set],
+            "ingress": {
+                "enabled": True,
+                "hosts": [{"host": "a.example", "paths": [{"path": "/", "pathType": "Prefix"}]}],
+            },
+        },
+    )
     (ingress,) = of_kind(docs, "Ingress")
     backends = [p["backend"]["service"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]]
     assert backends and all(b["port"] == {"name": "http"} for b in backends)

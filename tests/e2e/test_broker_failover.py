@@ -20,14 +20,17 @@ def close_connections(prefix: str) -> int:
     """Close, broker-side, every AMQP connection whose name mentions this test's queue prefix."""
     out = subprocess.run(
         ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     closed = 0
     for line in sorted(out.splitlines(), key=lambda line: "sender:" not in line):  # the sender's first
         pid, _, props = line.partition("\t")
         if prefix in props:  # the connection_name carries the prefix
-            subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test: broker failover"],
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["rabbitmqctl", "-q", "close_connection", pid, "test: broker failover"], check=True, capture_output=True
+            )
             closed += 1
     return closed
 
@@ -39,14 +42,13 @@ async def test_broker_connection_loss_keeps_streams_fails_waiters_fast_and_recov
     token = s.create_token("t", priority=5, threshold=100)
     s.wait_models({MODEL}, token)
     headers = {"authorization": f"Bearer {token}"}
-    stream_body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 150,
-                   "stream": True}
+    stream_body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 150, "stream": True}
     short = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
 
     async with httpx.AsyncClient(timeout=30) as client:
+
         async def stream() -> tuple[int, bytes]:
-            async with client.stream("POST", s.base_url + "/chat/completions", json=stream_body,
-                                     headers=headers) as r:
+            async with client.stream("POST", s.base_url + "/chat/completions", json=stream_body, headers=headers) as r:
                 return r.status_code, b"".join([c async for c in r.aiter_bytes()])
 
         streaming = asyncio.create_task(stream())

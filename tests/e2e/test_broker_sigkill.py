@@ -29,8 +29,12 @@ async def load(base_url: str, token: str, until: float) -> list[tuple[int, dict 
         n = 0
         while time.monotonic() < until:
             n += 1
-            body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 20,
-                    "stream": (i + n) % 2 == 0}
+            body = {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "x"}],
+                "max_tokens": 20,
+                "stream": (i + n) % 2 == 0,
+            }
             try:
                 async with client.stream("POST", base_url + "/chat/completions", json=body, headers=headers) as r:
                     raw = b"".join([c async for c in r.aiter_bytes()])
@@ -51,8 +55,7 @@ async def load(base_url: str, token: str, until: float) -> list[tuple[int, dict 
 async def test_broker_sigkill_under_load_leaves_no_lease_held(stack_factory, private_broker):
     s = stack_factory(queue_timeout_s=5.0)
     sim = s.add_sim(model=MODEL, itl_base=0.02, max_num_seqs=16)
-    consumer = s.add_consumer(MODEL, sim, max_concurrency=6, lease_ttl_s=LEASE_TTL_S,
-                              lease_reconcile_s=RECONCILE_S)
+    consumer = s.add_consumer(MODEL, sim, max_concurrency=6, lease_ttl_s=LEASE_TTL_S, lease_reconcile_s=RECONCILE_S)
     token = s.create_token("load", priority=5, threshold=1000)
     s.wait_models({MODEL}, token)
 
@@ -86,7 +89,10 @@ async def test_broker_sigkill_under_load_leaves_no_lease_held(stack_factory, pri
 
     # and the stack serves again, with exact accounting
     async with httpx.AsyncClient(timeout=10) as client:
-        r = await client.post(s.base_url + "/chat/completions", headers={"authorization": f"Bearer {token}"},
-                              json={"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2})
+        r = await client.post(
+            s.base_url + "/chat/completions",
+            headers={"authorization": f"Bearer {token}"},
+            json={"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2},
+        )
     assert r.status_code == 200
     s.wait_idle(timeout=5)

@@ -46,14 +46,16 @@ def test_vllm_down_stops_pulling_within_two_seconds_and_resumes_by_itself(sim_st
     assert c.state()["decision"] == "unhealthy"
     # The sender hears it on the next heartbeat: no live replica, refused at once.
     wait_for(lambda: not sim_stack.ctx.registry.live(MODEL), 2.0, "the sender to see the replica not ready")
-    r = httpx.post(sim_stack.base_url + "/chat/completions", json=CHAT,
-                   headers={"authorization": f"Bearer {sim_stack.token}"})
+    r = httpx.post(
+        sim_stack.base_url + "/chat/completions", json=CHAT, headers={"authorization": f"Bearer {sim_stack.token}"}
+    )
     assert r.status_code == 503
     assert httpx.post(sim_stack.upstream + "/sim/revive").status_code == 200
     wait_for(lambda: c.ready and c.state()["pulling"], 3.0, "consumer to resume")
     sim_stack.wait_models({MODEL}, sim_stack.token)
-    r = httpx.post(sim_stack.base_url + "/chat/completions", json=CHAT,
-                   headers={"authorization": f"Bearer {sim_stack.token}"})
+    r = httpx.post(
+        sim_stack.base_url + "/chat/completions", json=CHAT, headers={"authorization": f"Bearer {sim_stack.token}"}
+    )
     assert r.status_code == 200
 
 
@@ -84,8 +86,14 @@ def metrics_broken_upstream():
     async def chat(_r: Request) -> Response:
         return JSONResponse({"ok": True, "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
 
-    return Starlette(routes=[Route("/health", health), Route("/metrics", broken), Route("/v1/models", models),
-                             Route("/v1/chat/completions", chat, methods=["POST"])])
+    return Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/metrics", broken),
+            Route("/v1/models", models),
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+        ]
+    )
 
 
 def test_unreadable_metrics_fall_back_to_the_in_flight_cap_and_say_so(stack_factory):

@@ -186,7 +186,7 @@ def expand_synopsis(argv_text: str) -> list[str]:
     if m:
         forms = []
         for alternative in m[1].split("|"):
-            forms += expand_synopsis(argv_text[: m.start()] + alternative.strip() + argv_text[m.end():])
+            forms += expand_synopsis(argv_text[: m.start()] + alternative.strip() + argv_text[m.end() :])
         return forms
     filled = re.sub(r"\b\d+\.\.(\d+)\b", r"\1", argv_text)  # 0..10 -> 10
     filled = re.sub(r"(?<![\w-])N(?![\w-])", "3", filled)
@@ -309,7 +309,7 @@ def check_kubectl(argv: list[str], installs: list[tuple[str, str, dict]]) -> Non
         deployment = objects[("Deployment", refs[0].split("/", 1)[1])]
         images = [c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]]
         assert any("llm-dispatcher" in i for i in images), "exec'd into a pod without the llm-dispatcher image"
-        tail = args[args.index("--") + 1:]
+        tail = args[args.index("--") + 1 :]
         assert tail[0] == "llm-dispatcher", tail
         parse_cli(tail[1:])
     if verb == "rollout":
@@ -354,8 +354,9 @@ def check_command(command: Command, installs: list[tuple[str, str, dict]]) -> st
         found = importlib.util.find_spec(module) or (ROOT / module.replace(".", "/") / "__main__.py").is_file()
         assert found, f"no module {module}"
         paths = [a.split("::")[0] for a in rest if a.endswith(".py") or a.startswith("tests/")]
-        assert all((ROOT / a).is_file() if a.endswith(".py") else (ROOT / a).is_dir() for a in paths), \
+        assert all((ROOT / a).is_file() if a.endswith(".py") else (ROOT / a).is_dir() for a in paths), (
             f"no file or test directory among {paths}"
+        )
         if module == "pytest" and "-m" in rest:
             markers = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
             marker = rest[rest.index("-m") + 1].removeprefix("not ").strip()

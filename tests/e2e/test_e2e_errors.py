@@ -126,8 +126,9 @@ def test_502_when_the_granted_replica_is_unreachable(stack_factory):
     s.add_consumer("m", sim, advertise_url=f"http://127.0.0.1:{free_port()}")
     token = s.create_token("t", priority=1, threshold=10)
     s.wait_models({"m"}, token)
-    r = httpx.post(s.base_url + "/completions", json={"model": "m", "prompt": "x"},
-                   headers={"authorization": f"Bearer {token}"})
+    r = httpx.post(
+        s.base_url + "/completions", json={"model": "m", "prompt": "x"}, headers={"authorization": f"Bearer {token}"}
+    )
     assert_error(r, 502, "upstream_unreachable")
     s.wait_idle()
 
@@ -168,8 +169,9 @@ def test_a_vllm_that_drops_mid_stream_cuts_the_response_and_the_lease_is_release
     s.wait_models({"m"}, token)
     c = openai.OpenAI(base_url=s.base_url, api_key=token, max_retries=0)
     with pytest.raises(openai.APIError):
-        for _ in c.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}], max_tokens=40,
-                                           stream=True):
+        for _ in c.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x"}], max_tokens=40, stream=True
+        ):
             pass
     s.wait_idle()
     (record,) = s.usage_rows(1)

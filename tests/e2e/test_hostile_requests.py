@@ -35,8 +35,12 @@ def raw_post(sim_stack, path: str, body: bytes = b"", headers: dict | None = Non
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
         conn.putrequest("POST", path, skip_accept_encoding=True)
-        for k, v in {"authorization": f"Bearer {sim_stack.token}", "content-type": "application/json",
-                     "content-length": str(len(body)), **(headers or {})}.items():
+        for k, v in {
+            "authorization": f"Bearer {sim_stack.token}",
+            "content-type": "application/json",
+            "content-length": str(len(body)),
+            **(headers or {}),
+        }.items():
             conn.putheader(k, v)
         conn.endheaders(body)
         r = conn.getresponse()
@@ -46,13 +50,21 @@ def raw_post(sim_stack, path: str, body: bytes = b"", headers: dict | None = Non
 
 
 def grants(sim_stack) -> float:
-    return sum(s.value for m in sim_stack.consumer.metrics.grants.collect() for s in m.samples
-               if s.name.endswith("_total"))
+    return sum(
+        s.value for m in sim_stack.consumer.metrics.grants.collect() for s in m.samples if s.name.endswith("_total")
+    )
 
 
 def sim_alive(sim_stack) -> bool:
-    return httpx.post(sim_stack.base_url + "/chat/completions", json=CHAT,
-                      headers={"authorization": f"Bearer {sim_stack.token}"}, timeout=10).status_code == 200
+    return (
+        httpx.post(
+            sim_stack.base_url + "/chat/completions",
+            json=CHAT,
+            headers={"authorization": f"Bearer {sim_stack.token}"},
+            timeout=10,
+        ).status_code
+        == 200
+    )
 
 
 HOSTILE_PATHS = [
@@ -119,11 +131,18 @@ def test_made_up_model_names_never_become_metric_labels_nor_long_echoes(sim_stac
 
 def test_two_authorization_headers_are_refused_on_every_route(sim_stack):
     good, bad = f"Bearer {sim_stack.token}", "Bearer sk-llmd-someone-else"
-    for method, url in [("POST", sim_stack.base_url + "/chat/completions"), ("GET", sim_stack.base_url + "/models"),
-                        ("GET", sim_stack.base_url + f"/models/{MODEL}")]:
+    for method, url in [
+        ("POST", sim_stack.base_url + "/chat/completions"),
+        ("GET", sim_stack.base_url + "/models"),
+        ("GET", sim_stack.base_url + f"/models/{MODEL}"),
+    ]:
         for pair in ([good, bad], [bad, good]):
-            r = httpx.request(method, url, json=CHAT if method == "POST" else None,
-                              headers=[("authorization", pair[0]), ("authorization", pair[1])])
+            r = httpx.request(
+                method,
+                url,
+                json=CHAT if method == "POST" else None,
+                headers=[("authorization", pair[0]), ("authorization", pair[1])],
+            )
             assert r.status_code == 400, (method, url, r.text)
             assert r.json()["error"]["param"] == "Authorization"
     assert sim_stack.in_flight() == [0]
@@ -133,9 +152,11 @@ def test_a_body_shorter_than_its_content_length_gets_408_within_the_deadline(sim
     host, port = sim_stack.url.removeprefix("http://").split(":")
     body = orjson.dumps(CHAT)
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                     b"authorization: Bearer " + sim_stack.token.encode() + b"\r\n"
-                     b"content-length: " + str(len(body) + 50).encode() + b"\r\n\r\n" + body)
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"authorization: Bearer " + sim_stack.token.encode() + b"\r\n"
+            b"content-length: " + str(len(body) + 50).encode() + b"\r\n\r\n" + body
+        )
         t0 = time.monotonic()
         answer = b""
         while b'"request_timeout"' not in answer and (chunk := sock.recv(65536)):
@@ -148,18 +169,28 @@ def test_a_body_shorter_than_its_content_length_gets_408_within_the_deadline(sim
 
 def test_stream_options_that_is_not_an_object_is_refused_like_vllm(sim_stack):
     for value in ("yes", 1, ["include_usage"], True):
-        r = httpx.post(sim_stack.base_url + "/chat/completions", json={**CHAT, "stream": True, "stream_options": value},
-                       headers={"authorization": f"Bearer {sim_stack.token}"})
+        r = httpx.post(
+            sim_stack.base_url + "/chat/completions",
+            json={**CHAT, "stream": True, "stream_options": value},
+            headers={"authorization": f"Bearer {sim_stack.token}"},
+        )
         assert r.status_code == 400 and r.json()["error"]["param"] == "stream_options", r.text
 
 
 def test_a_request_id_with_bytes_outside_printable_ascii_is_refused_and_a_plain_one_kept_byte_for_byte(sim_stack):
-    status, _, body = raw_post(sim_stack, "/v1/chat/completions", orjson.dumps(CHAT),
-                                     {"x-request-id": "caf\u00e9-\u2603".encode().decode("latin-1")})
+    status, _, body = raw_post(
+        sim_stack,
+        "/v1/chat/completions",
+        orjson.dumps(CHAT),
+        {"x-request-id": "caf\u00e9-\u2603".encode().decode("latin-1")},
+    )
     assert status == 400 and orjson.loads(body)["error"]["param"] == "X-Request-Id"
     rid = "req-AZaz09_.:~!*'()-" + "x" * 20
-    r = httpx.post(sim_stack.base_url + "/chat/completions", json=CHAT,
-                   headers={"authorization": f"Bearer {sim_stack.token}", "x-request-id": rid})
+    r = httpx.post(
+        sim_stack.base_url + "/chat/completions",
+        json=CHAT,
+        headers={"authorization": f"Bearer {sim_stack.token}", "x-request-id": rid},
+    )
     assert r.status_code == 200 and r.headers["x-request-id"] == rid
     assert r.json()["id"] == f"chatcmpl-{rid}"  # vLLM (and the simulator) build the id from it
 

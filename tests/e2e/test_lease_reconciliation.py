@@ -25,14 +25,21 @@ pytestmark = pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="nee
 
 
 def close_consumer_connections(prefix: str) -> int:
-    out = subprocess.run(["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     closed = 0
     for line in out.splitlines():
         pid, _, props = line.partition("\t")
         if f"consumer:{prefix}" in props:
-            subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test: consumer reconnect"],
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["rabbitmqctl", "-q", "close_connection", pid, "test: consumer reconnect"],
+                check=True,
+                capture_output=True,
+            )
             closed += 1
     return closed
 
@@ -67,9 +74,11 @@ async def test_after_a_reconnect_orphan_leases_are_reclaimed_and_streaming_ones_
     assert consumer.in_flight == 1
     body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 200, "stream": True}  # ~10 s
     async with httpx.AsyncClient(timeout=30) as client:
+
         async def stream() -> tuple[int, bytes]:
-            async with client.stream("POST", s.base_url + "/chat/completions", json=body,
-                                     headers={"authorization": f"Bearer {token}"}) as r:
+            async with client.stream(
+                "POST", s.base_url + "/chat/completions", json=body, headers={"authorization": f"Bearer {token}"}
+            ) as r:
                 return r.status_code, b"".join([c async for c in r.aiter_bytes()])
 
         streaming = asyncio.create_task(stream())

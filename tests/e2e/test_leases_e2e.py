@@ -10,10 +10,13 @@ MODEL = "sim-model"
 
 
 def expired(consumer) -> float:
-    return consumer.metrics.registry.get_sample_value(
-        "llmd_consumer_releases_total",
-        {"model": MODEL, "replica": consumer.settings.replica_id, "reason": "expired"},
-    ) or 0.0
+    return (
+        consumer.metrics.registry.get_sample_value(
+            "llmd_consumer_releases_total",
+            {"model": MODEL, "replica": consumer.settings.replica_id, "reason": "expired"},
+        )
+        or 0.0
+    )
 
 
 def test_a_stream_longer_than_the_lease_ttl_keeps_its_lease_by_renewal(stack_factory):
@@ -23,9 +26,13 @@ def test_a_stream_longer_than_the_lease_ttl_keeps_its_lease_by_renewal(stack_fac
     token = s.create_token("t", priority=5, threshold=10)
     s.wait_models({MODEL}, token)
     held = []
-    with httpx.stream("POST", s.base_url + "/chat/completions", headers={"authorization": f"Bearer {token}"},
-                      json={"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 100,
-                            "stream": True}, timeout=30) as r:
+    with httpx.stream(
+        "POST",
+        s.base_url + "/chat/completions",
+        headers={"authorization": f"Bearer {token}"},
+        json={"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 100, "stream": True},
+        timeout=30,
+    ) as r:
         for _ in r.iter_bytes():
             held.append(consumer.in_flight)
     assert r.status_code == 200

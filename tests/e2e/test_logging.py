@@ -34,8 +34,11 @@ def test_the_sender_logs_one_line_per_request_with_its_request_id(stack_factory,
     token = s.create_token("t", priority=5, threshold=10)
     s.wait_models({"m"}, token)
     with caplog.at_level(logging.INFO, logger="sender.access"):
-        r = httpx.post(s.base_url + "/completions", json={"model": "m", "prompt": "x", "max_tokens": 1},
-                       headers={"authorization": f"Bearer {token}", "x-request-id": "trace-77"})
+        r = httpx.post(
+            s.base_url + "/completions",
+            json={"model": "m", "prompt": "x", "max_tokens": 1},
+            headers={"authorization": f"Bearer {token}", "x-request-id": "trace-77"},
+        )
     assert r.status_code == 200
     lines = [rec for rec in caplog.records if getattr(rec, "request_id", None) == "trace-77"]
     assert len(lines) == 1 and lines[0].status == 200 and lines[0].model == "m" and lines[0].replica

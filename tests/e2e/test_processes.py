@@ -31,8 +31,7 @@ def process_stack(tmp_path, amqp_url):
 
 
 def body(max_tokens: int, stream: bool = False) -> dict:
-    return {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": max_tokens,
-            "stream": stream}
+    return {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": max_tokens, "stream": stream}
 
 
 def stream_in_thread(url: str, token: str, max_tokens: int) -> dict:
@@ -41,8 +40,13 @@ def stream_in_thread(url: str, token: str, max_tokens: int) -> dict:
 
     def run() -> None:
         try:
-            with httpx.stream("POST", url + "/v1/chat/completions", json=body(max_tokens, True),
-                              headers={"authorization": f"Bearer {token}"}, timeout=30) as r:
+            with httpx.stream(
+                "POST",
+                url + "/v1/chat/completions",
+                json=body(max_tokens, True),
+                headers={"authorization": f"Bearer {token}"},
+                timeout=30,
+            ) as r:
                 out["status"] = r.status_code
                 out["body"] = b"".join(r.iter_bytes())
         except httpx.HTTPError as exc:
@@ -116,8 +120,12 @@ def test_a_consumer_killed_holding_an_unacked_ticket_returns_it_and_it_is_grante
     result: dict = {}
 
     def call() -> None:
-        result["r"] = httpx.post(process_stack.url + "/v1/chat/completions", json=body(3),
-                                 headers={"authorization": f"Bearer {token}"}, timeout=30)
+        result["r"] = httpx.post(
+            process_stack.url + "/v1/chat/completions",
+            json=body(3),
+            headers={"authorization": f"Bearer {token}"},
+            timeout=30,
+        )
 
     t = threading.Thread(target=call, daemon=True)
     t.start()
@@ -140,8 +148,15 @@ def test_a_consumer_whose_port_is_taken_exits_at_once_with_a_clear_message(tmp_p
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {**os.environ, "LLMD_AMQP_URL": amqp_url, "LLMD_MODEL": MODEL, "LLMD_HOST": "127.0.0.1",
-               "LLMD_PORT": str(port), "LLMD_VLLM_URL": "http://127.0.0.1:9", "LLMD_LOG_FORMAT": "text"}
+        env = {
+            **os.environ,
+            "LLMD_AMQP_URL": amqp_url,
+            "LLMD_MODEL": MODEL,
+            "LLMD_HOST": "127.0.0.1",
+            "LLMD_PORT": str(port),
+            "LLMD_VLLM_URL": "http://127.0.0.1:9",
+            "LLMD_LOG_FORMAT": "text",
+        }
         started = time.monotonic()
         proc = subprocess.run([*EXE, "consumer"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1

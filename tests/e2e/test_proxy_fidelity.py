@@ -20,12 +20,20 @@ def recording_upstream(seen: list, peers: set):
     async def record(request: Request) -> Response:
         body = await request.body()
         peers.add(request.client.port)
-        seen.append({"method": request.method, "path": request.url.path, "query": request.url.query,
-                     "body": body, "headers": dict(request.headers)})
+        seen.append(
+            {
+                "method": request.method,
+                "path": request.url.path,
+                "query": request.url.query,
+                "body": body,
+                "headers": dict(request.headers),
+            }
+        )
         if request.url.path == "/v1/slow":
+
             async def slow():
                 for i in range(5):
-                    yield f"data: {{\"n\": {i}}}\n\n".encode()
+                    yield f'data: {{"n": {i}}}\n\n'.encode()
                     await asyncio.sleep(0.4)
                 yield b"data: [DONE]\n\n"
 
@@ -49,10 +57,14 @@ def recording_upstream(seen: list, peers: set):
     async def models(_request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": "rec", "max_model_len": 128}]})
 
-    return Starlette(routes=[
-        Route("/health", health), Route("/metrics", metrics), Route("/v1/models", models),
-        Route("/v1/{path:path}", record, methods=["POST", "GET"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/metrics", metrics),
+            Route("/v1/models", models),
+            Route("/v1/{path:path}", record, methods=["POST", "GET"]),
+        ]
+    )
 
 
 @pytest.fixture
@@ -71,8 +83,11 @@ def recorder_stack(stack_factory):
 
 def test_method_path_query_and_body_reach_vllm_unchanged(recorder_stack):
     raw = b'{ "model" : "rec",  "weird": [1, 2.50, "\\u00e9"], "keep":   "spacing" }'
-    r = httpx.post(recorder_stack.base_url + "/some/new/endpoint?a=1&b=two%20words", content=raw,
-                   headers={"authorization": f"Bearer {recorder_stack.token}", "content-type": "application/json"})
+    r = httpx.post(
+        recorder_stack.base_url + "/some/new/endpoint?a=1&b=two%20words",
+        content=raw,
+        headers={"authorization": f"Bearer {recorder_stack.token}", "content-type": "application/json"},
+    )
     assert r.status_code == 201  # vLLM's status, not ours
     assert r.json() == {"echo": True} and r.headers["x-upstream"] == "yes"
     got = recorder_stack.seen[-1]
@@ -85,8 +100,13 @@ def test_method_path_query_and_body_reach_vllm_unchanged(recorder_stack):
 
 
 def test_streaming_is_relayed_unbuffered(recorder_stack):
-    with httpx.stream("POST", recorder_stack.base_url + "/slow", json={"model": "rec"},
-                      headers={"authorization": f"Bearer {recorder_stack.token}"}, timeout=10) as r:
+    with httpx.stream(
+        "POST",
+        recorder_stack.base_url + "/slow",
+        json={"model": "rec"},
+        headers={"authorization": f"Bearer {recorder_stack.token}"},
+        timeout=10,
+    ) as r:
         t0 = time.monotonic()
         arrivals = []
         for _chunk in r.iter_raw():
@@ -98,8 +118,13 @@ def test_streaming_is_relayed_unbuffered(recorder_stack):
 def test_memory_does_not_grow_with_response_length(recorder_stack):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; sender, upstream and client share it
     received = 0
-    with httpx.stream("POST", recorder_stack.base_url + "/huge", json={"model": "rec"},
-                      headers={"authorization": f"Bearer {recorder_stack.token}"}, timeout=60) as r:
+    with httpx.stream(
+        "POST",
+        recorder_stack.base_url + "/huge",
+        json={"model": "rec"},
+        headers={"authorization": f"Bearer {recorder_stack.token}"},
+        timeout=60,
+    ) as r:
         for chunk in r.iter_raw():
             received += len(chunk)
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024

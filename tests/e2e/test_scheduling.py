@@ -32,8 +32,7 @@ def one_slot_stack(stack_factory):
 
 
 def body(max_tokens: int = 1, stream: bool = False) -> dict:
-    return {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": max_tokens,
-            "stream": stream}
+    return {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": max_tokens, "stream": stream}
 
 
 def auth(token: str, priority: int | None = None) -> dict:
@@ -76,8 +75,9 @@ class Recorder:
 
     def start(self, name: str, token: str, priority: int | None = None, max_tokens: int = 1) -> asyncio.Task:
         async def run() -> httpx.Response:
-            r = await self.client.post(self.s.base_url + "/chat/completions", json=body(max_tokens),
-                                       headers=auth(token, priority))
+            r = await self.client.post(
+                self.s.base_url + "/chat/completions", json=body(max_tokens), headers=auth(token, priority)
+            )
             self.order.append(name)
             return r
 
@@ -142,11 +142,15 @@ async def test_a_client_that_leaves_while_queued_never_consumes_a_slot(one_slot_
         await wait_in_flight(one_slot_stack, 1)
         async with httpx.AsyncClient(timeout=0.3) as impatient:
             with pytest.raises(httpx.ReadTimeout):
-                await impatient.post(one_slot_stack.base_url + "/chat/completions", json=body(),
-                                     headers=auth(one_slot_stack.tokens["high"]))
+                await impatient.post(
+                    one_slot_stack.base_url + "/chat/completions",
+                    json=body(),
+                    headers=auth(one_slot_stack.tokens["high"]),
+                )
         await blocker
-        after = await client.post(one_slot_stack.base_url + "/chat/completions", json=body(),
-                                  headers=auth(one_slot_stack.tokens["low"]))
+        after = await client.post(
+            one_slot_stack.base_url + "/chat/completions", json=body(), headers=auth(one_slot_stack.tokens["low"])
+        )
     assert after.status_code == 200
     assert consumer_sample(one_slot_stack, "llmd_consumer_grants_total") == 2  # blocker and after, never the leaver
     assert consumer_sample(one_slot_stack, "llmd_consumer_tickets_dropped_total", reason="cancelled") == 1
@@ -155,8 +159,12 @@ async def test_a_client_that_leaves_while_queued_never_consumes_a_slot(one_slot_
 async def test_a_client_that_leaves_mid_stream_releases_its_lease_and_vllm_aborts(one_slot_stack):
     async with httpx.AsyncClient(timeout=30) as client:
         t0 = time.monotonic()
-        async with client.stream("POST", one_slot_stack.base_url + "/chat/completions", json=body(200, stream=True),
-                                 headers=auth(one_slot_stack.tokens["low"])) as r:
+        async with client.stream(
+            "POST",
+            one_slot_stack.base_url + "/chat/completions",
+            json=body(200, stream=True),
+            headers=auth(one_slot_stack.tokens["low"]),
+        ) as r:
             assert r.status_code == 200
             async for _ in r.aiter_bytes():
                 break  # read the first chunk, then hang up
@@ -165,8 +173,11 @@ async def test_a_client_that_leaves_mid_stream_releases_its_lease_and_vllm_abort
         metrics = (await client.get(one_slot_stack.upstream + "/metrics")).text
     assert released_after < 2.0  # the full answer would take ~4 s
     assert 'finished_reason="abort"' in metrics
-    aborted = [line for line in metrics.splitlines()
-               if line.startswith("vllm:request_success_total") and 'finished_reason="abort"' in line]
+    aborted = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("vllm:request_success_total") and 'finished_reason="abort"' in line
+    ]
     assert float(aborted[0].rsplit(" ", 1)[1]) == 1.0
 
 
@@ -177,8 +188,7 @@ async def test_a_ticket_that_times_out_in_the_queue_gets_503_and_is_never_grante
     token = s.create_token("t", priority=5, threshold=100)
     s.wait_models({MODEL}, token)
     async with httpx.AsyncClient(timeout=30) as client:
-        blocker = asyncio.create_task(client.post(s.base_url + "/chat/completions", json=body(50),
-                                                  headers=auth(token)))
+        blocker = asyncio.create_task(client.post(s.base_url + "/chat/completions", json=body(50), headers=auth(token)))
         await wait_in_flight(s, 1)
         late = await client.post(s.base_url + "/chat/completions", json=body(), headers=auth(token))
         assert (await blocker).status_code == 200

@@ -240,8 +240,15 @@ def test_every_forwarded_endpoint_reaches_the_real_vllm_and_its_operator_routes_
             assert r.status_code == 200, (path, r.text)
         else:
             assert r.status_code == 404 and r.json() == {"detail": "Not Found"}, (path, r.text)  # vLLM's own
-    for path in ("/v1/../sleep", "/v1/%2e%2e/reset_prefix_cache", "/v1/load_lora_adapter", "/v1/models",
-                 "/collective_rpc", "/start_profile", "/pause"):
+    for path in (
+        "/v1/../sleep",
+        "/v1/%2e%2e/reset_prefix_cache",
+        "/v1/load_lora_adapter",
+        "/v1/models",
+        "/collective_rpc",
+        "/start_profile",
+        "/pause",
+    ):
         r = httpx.post(real_vllm_stack.url + path, json={"model": real_vllm_stack.model}, headers=headers, timeout=10)
         assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url", (path, r.text)
     assert httpx.get(real_vllm_stack.upstream + "/health").status_code == 200

@@ -10,8 +10,9 @@ LIMITS = Limits(max_concurrency=4, max_waiting=0, max_kv_cache_usage=0.9, min_to
 
 
 def snap(**kw) -> Snapshot:
-    base = dict(healthy=True, in_flight=1, metrics_fresh=True, running=1, waiting=0, kv_cache_usage=0.1,
-                tokens_per_second=50.0)
+    base = dict(
+        healthy=True, in_flight=1, metrics_fresh=True, running=1, waiting=0, kv_cache_usage=0.1, tokens_per_second=50.0
+    )
     base.update(kw)
     return Snapshot(**base)
 

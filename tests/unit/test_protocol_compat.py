@@ -111,9 +111,7 @@ def test_a_reader_accepts_a_newer_writers_message_with_unknown_fields_and_a_high
 def test_a_reader_accepts_an_unversioned_writers_message_as_version_0(cls: type) -> None:
     msg = cls.loads(UNVERSIONED_BODIES[cls])
     assert msg.v == UNVERSIONED == 0
-    assert {f: getattr(msg, f) for f in orjson.loads(UNVERSIONED_BODIES[cls])} == orjson.loads(
-        UNVERSIONED_BODIES[cls]
-    )
+    assert {f: getattr(msg, f) for f in orjson.loads(UNVERSIONED_BODIES[cls])} == orjson.loads(UNVERSIONED_BODIES[cls])
 
 
 @by_type

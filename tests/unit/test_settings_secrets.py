@@ -16,8 +16,14 @@ def test_urls_with_credentials_are_secret_in_reprs_and_dumps():
     assert s.amqp_url.get_secret_value() == "amqp://app:s3cr3t-x@10.0.0.5:5672/"
 
 
-@pytest.mark.parametrize("url", ["amqp://guest:guest@rabbitmq.prod:5672/", "amqp://llmd:change-me@10.1.2.3/",
-                                 "amqp://llmd:llmd-dev-password@rabbitmq:5672/"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "amqp://guest:guest@rabbitmq.prod:5672/",
+        "amqp://llmd:change-me@10.1.2.3/",
+        "amqp://llmd:llmd-dev-password@rabbitmq:5672/",
+    ],
+)
 def test_a_stock_or_placeholder_broker_credential_refuses_to_start_outside_development(url):
     for cls, extra in ((SenderSettings, {}), (ConsumerSettings, {"model": "m"})):
         with pytest.raises(ValidationError, match="LLMD_AMQP_URL uses"):
@@ -27,15 +33,18 @@ def test_a_stock_or_placeholder_broker_credential_refuses_to_start_outside_devel
 
 def test_a_placeholder_database_password_refuses_to_start_outside_development():
     with pytest.raises(ValidationError, match="LLMD_DATABASE_URL uses a placeholder password"):
-        SenderSettings(amqp_url="amqp://app:strong-one@mq:5672/",
-                       database_url="postgresql+asyncpg://llmd:changeme@db.internal/llmd")
+        SenderSettings(
+            amqp_url="amqp://app:strong-one@mq:5672/",
+            database_url="postgresql+asyncpg://llmd:changeme@db.internal/llmd",
+        )
 
 
 def test_loopback_services_are_development_and_real_credentials_start_anywhere():
     assert SenderSettings().is_development()  # the defaults: guest:guest on 127.0.0.1, SQLite
     assert SenderSettings(amqp_url="amqp://guest:guest@localhost:5672/").is_development()
-    prod = SenderSettings(amqp_url="amqp://llmd:Zq8-7hT1@rabbitmq:5672/",
-                          database_url="postgresql+asyncpg://llmd:Vb4-kk2@postgres/llmd")
+    prod = SenderSettings(
+        amqp_url="amqp://llmd:Zq8-7hT1@rabbitmq:5672/", database_url="postgresql+asyncpg://llmd:Vb4-kk2@postgres/llmd"
+    )
     assert not prod.is_development()
     with pytest.raises(ValidationError):
         SenderSettings(environment="production")  # said production: guest:guest even on loopback is refused
