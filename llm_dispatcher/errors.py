@@ -69,6 +69,16 @@ class UnknownURLError(DispatcherError):
     code = "unknown_url"
 
 
+class NotFoundError(DispatcherError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ConflictError(InvalidRequestError):
+    pass
+
+
 class ModelNotFoundError(DispatcherError):
     status = 404
     type = "invalid_request_error"

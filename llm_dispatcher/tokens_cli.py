@@ -83,6 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument(
         "--threshold", type=_non_negative, required=True, help="refuse (429) when the model queue holds this many"
     )
+    create.add_argument(
+        "--batch-priority", type=_non_negative, help="priority of its batch lines (default: --priority; never above it)"
+    )
     _add_expiry(create)
     create.add_argument("--models", type=_models, help="comma-separated allowed models (default: all)")
     create.add_argument("--token", help="register this plaintext instead of generating one ('-' reads stdin)")
@@ -95,6 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     update.add_argument("name")
     update.add_argument("--priority", type=_non_negative)
     update.add_argument("--threshold", type=_non_negative)
+    batch = update.add_mutually_exclusive_group()
+    batch.add_argument("--batch-priority", type=_non_negative, help="priority of its batch lines")
+    batch.add_argument("--no-batch-priority", action="store_true", help="batch lines run at --priority again")
     models = update.add_mutually_exclusive_group()
     models.add_argument("--models", type=_models, help="comma-separated allowed models")
     models.add_argument("--all-models", action="store_true", help="allow every model")
@@ -159,6 +165,7 @@ async def _create(store: Store, args: argparse.Namespace) -> int:
         allowed_models=args.models,
         expires_at=_expiry(args),
         token=token,
+        batch_priority=args.batch_priority,
     )
     if args.quiet:
         print(plaintext)
@@ -210,6 +217,10 @@ async def _update(store: Store, args: argparse.Namespace) -> int:
         changes["expires_at"] = None
     elif (expires := _expiry(args)) is not None:
         changes["expires_at"] = expires
+    if args.batch_priority is not None:
+        changes["batch_priority"] = args.batch_priority
+    elif args.no_batch_priority:
+        changes["batch_priority"] = None
     if args.enable:
         changes["enabled"] = True
     if not changes:
@@ -244,7 +255,8 @@ def _status(r: TokenRecord) -> str:
 def _describe(r: TokenRecord) -> str:
     models = ", ".join(r.allowed_models) if r.allowed_models is not None else "all models"
     expiry = f"expires {_time(r.expires_at)}" if r.expires_at else "no expiry"
-    return f"priority {r.priority}, threshold {r.threshold}, {models}, {expiry}, {_status(r)}"
+    batch = "" if r.batch_priority is None else f", batch priority {r.effective_batch_priority}"
+    return f"priority {r.priority}{batch}, threshold {r.threshold}, {models}, {expiry}, {_status(r)}"
 
 
 def _as_json(r: TokenRecord) -> dict[str, Any]:
@@ -253,6 +265,7 @@ def _as_json(r: TokenRecord) -> dict[str, Any]:
         "name": r.name,
         "priority": r.priority,
         "threshold": r.threshold,
+        "batch_priority": r.batch_priority,
         "allowed_models": list(r.allowed_models) if r.allowed_models is not None else None,
         "expires_at": _time(r.expires_at) if r.expires_at else None,
         "enabled": r.enabled,

@@ -27,6 +27,8 @@ from llm_dispatcher.errors import DispatcherError, ModelNotFoundError, UnknownUR
 from llm_dispatcher.serve import uvicorn_server
 from llm_dispatcher.settings import placeholder_credential
 from sender import proxy
+from sender.batches.api import add_batch_routes
+from sender.batches.runner import BatchRunner
 from sender.context import SenderContext
 from sender.dispatch import Dispatcher
 from sender.endpoint import ProxyEndpoint, RequestIdMiddleware
@@ -102,17 +104,25 @@ async def running_context(settings: SenderSettings) -> AsyncIterator[SenderConte
         usage=usage,
         session=proxy.new_session(settings),
         forward_paths=ForwardPaths(settings.forward_paths),
+        store=store,
     )
+    runner = BatchRunner(ctx, store) if settings.batch_runner else None
     try:
         async with metrics_listener(settings, metrics):
+            if runner is not None:
+                runner.start()
             log.info("sender ready on %s:%d", settings.host, settings.port)
             yield ctx
             ctx.draining = True
+            if runner is not None:
+                await runner.stop()  # lines in flight are given back: another sender or the next start runs them
             if ctx.active:
                 log.info("waiting for %d requests to finish", len(ctx.active))
                 await asyncio.wait(list(ctx.active), timeout=settings.shutdown_grace_s)
     finally:
         ctx.draining = True
+        if runner is not None:
+            await runner.stop()
         await dispatcher.stop()
         await ctx.session.close()
         await usage.stop()
@@ -142,6 +152,7 @@ def create_app(settings: SenderSettings | None = None) -> FastAPI:
     app = FastAPI(title="llm-dispatcher", lifespan=lifespan, docs_url=None, redoc_url=None)
     add_error_handlers(app)
     add_routes(app, settings, holder)
+    add_batch_routes(app, lambda: holder["ctx"])
 
     def ctx() -> SenderContext:
         return holder["ctx"]

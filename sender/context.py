@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from llm_dispatcher.db import TokenCache, UsageWriter
+from llm_dispatcher.db import Store, TokenCache, UsageWriter
 from sender.dispatch import Dispatcher
 from sender.metrics import OTHER_MODEL, SenderMetrics
 from sender.registry import Registry
@@ -25,6 +25,7 @@ class SenderContext:
     usage: UsageWriter
     session: aiohttp.ClientSession
     forward_paths: ForwardPaths
+    store: Store
     draining: bool = False
     active: set[asyncio.Task] = field(default_factory=set)
 

@@ -46,6 +46,18 @@ class SenderSettings(CommonSettings):
     upstream_max_connections: int = Field(1000, gt=0, description="Pooled connections to all replicas")
     usage_flush_interval_s: float = Field(1.0, gt=0, description="Usage records are written in batches this often")
     access_log: bool = Field(True, description="One structured log line per proxied request")
+    batch_runner: bool = Field(True, description="Run batch lines in this sender (any number of senders may)")
+    batch_max_file_bytes: int = Field(
+        10 * 1024 * 1024, gt=0, description="Largest file accepted by POST /v1/files (413 above)"
+    )
+    batch_max_lines: int = Field(50_000, gt=0, description="Most requests in one batch input file")
+    batch_max_waiting: int = Field(
+        2, ge=1, description="A batch's lines waiting for a grant at once, per runner (the rest wait in the database)"
+    )
+    batch_claim_s: float = Field(
+        60.0, gt=0, description="A batch line's claim; renewed while it runs, taken over when its runner died"
+    )
+    batch_poll_interval_s: float = Field(0.5, gt=0, description="How often the runner looks for batch work")
     shutdown_grace_s: float = Field(30.0, ge=0, description="How long in-flight streams may finish at shutdown")
 
     @field_validator("forward_paths")

@@ -45,6 +45,7 @@ tokens = sa.Table(
     sa.Column("enabled", sa.Boolean, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("batch_priority", sa.Integer, nullable=True),  # NULL: batch lines run at `priority`
     mysql_charset="utf8mb4",
     mysql_engine="InnoDB",
 )
@@ -66,6 +67,75 @@ usage = sa.Table(
     sa.Column("ttfb_s", sa.Double, nullable=True),
     sa.Column("total_s", sa.Double, nullable=False),
     sa.Column("request_id", sa.String(REQUEST_ID_LEN), nullable=False),
+    mysql_charset="utf8mb4",
+    mysql_engine="InnoDB",
+)
+
+
+# -- the Files and Batch APIs (times as epoch seconds, as OpenAI's objects carry them) -------------
+ID_LEN = 64
+LongText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+
+files = sa.Table(
+    "files",
+    metadata,
+    sa.Column("id", sa.String(ID_LEN), primary_key=True),
+    sa.Column("token_id", sa.Integer, nullable=False, index=True),
+    sa.Column("purpose", sa.String(32), nullable=False),
+    sa.Column("filename", sa.String(255), nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    # base64 in a text column: aiomysql cannot bind bytes with the PyMySQL it installs
+    sa.Column("content", LongText, nullable=False),
+    mysql_charset="utf8mb4",
+    mysql_engine="InnoDB",
+)
+
+batches = sa.Table(
+    "batches",
+    metadata,
+    sa.Column("id", sa.String(ID_LEN), primary_key=True),
+    sa.Column("token_id", sa.Integer, nullable=False, index=True),
+    sa.Column("endpoint", sa.String(64), nullable=False),
+    sa.Column("input_file_id", sa.String(ID_LEN), nullable=False),
+    sa.Column("completion_window", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("metadata", sa.Text, nullable=True),  # JSON object
+    sa.Column("errors", sa.Text, nullable=True),  # JSON list of {code, message, param, line}
+    sa.Column("output_file_id", sa.String(ID_LEN), nullable=True),
+    sa.Column("error_file_id", sa.String(ID_LEN), nullable=True),
+    sa.Column("total", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Column("in_progress_at", sa.BigInteger, nullable=True),
+    sa.Column("finalizing_at", sa.BigInteger, nullable=True),
+    sa.Column("completed_at", sa.BigInteger, nullable=True),
+    sa.Column("failed_at", sa.BigInteger, nullable=True),
+    sa.Column("expired_at", sa.BigInteger, nullable=True),
+    sa.Column("cancelling_at", sa.BigInteger, nullable=True),
+    sa.Column("cancelled_at", sa.BigInteger, nullable=True),
+    mysql_charset="utf8mb4",
+    mysql_engine="InnoDB",
+)
+
+# One row per input line; the database is the truth of its state. `state`: pending (not yet run, or
+# given back), running (claimed by `claimed_by` until `claim_until`, epoch ms), done (result stored).
+batch_lines = sa.Table(
+    "batch_lines",
+    metadata,
+    sa.Column("batch_id", sa.String(ID_LEN), primary_key=True),
+    sa.Column("line_no", sa.Integer, primary_key=True),
+    sa.Column("custom_id", sa.String(512), nullable=False),
+    sa.Column("model", sa.String(MODEL_LEN), nullable=False),
+    sa.Column("body", LongText, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("claimed_by", sa.String(ID_LEN), nullable=True),
+    sa.Column("claim_until", sa.BigInteger, nullable=True),
+    sa.Column("status_code", sa.Integer, nullable=True),
+    sa.Column("response", LongText, nullable=True),  # the answer's JSON body
+    sa.Column("error", sa.Text, nullable=True),  # JSON {code, message} when no HTTP answer came
+    sa.Column("request_id", sa.String(REQUEST_ID_LEN), nullable=True),
+    sa.Index("ix_batch_lines_batch_id_state", "batch_id", "state"),
     mysql_charset="utf8mb4",
     mysql_engine="InnoDB",
 )
@@ -104,12 +174,17 @@ class TokenRecord:
     allowed_models: tuple[str, ...] | None
     expires_at: datetime | None
     enabled: bool
+    batch_priority: int | None = None  # the priority of its batch lines (None: `priority`)
 
     def allows(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models
 
     def is_expired(self, now: datetime | None = None) -> bool:
         return self.expires_at is not None and self.expires_at <= (now or utcnow())
+
+    @property
+    def effective_batch_priority(self) -> int:
+        return self.priority if self.batch_priority is None else min(self.batch_priority, self.priority)
 
 
 @dataclasses.dataclass(slots=True)

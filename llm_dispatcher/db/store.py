@@ -6,11 +6,13 @@ piece of it:
     engine.Database       the engine, per-backend settings, driver errors translated
     ├── migrate.Migrations   migrate(), current_revision()           (alembic, serialised)
     ├── tokens.TokenStore    create/get/list/update/revoke/import     (hashed tokens)
-    └── usage.UsageStore     insert_usage()                           (fed by usage.UsageWriter)
+    ├── usage.UsageStore     insert_usage()                           (fed by usage.UsageWriter)
+    └── batches.BatchStore   files, batches and their lines           (the Files and Batch APIs)
 """
 
 from __future__ import annotations
 
+from llm_dispatcher.db.batches import BatchStore
 from llm_dispatcher.db.migrate import Migrations
 from llm_dispatcher.db.tokens import TokenStore, hash_token
 from llm_dispatcher.db.usage import UsageStore
@@ -18,5 +20,5 @@ from llm_dispatcher.db.usage import UsageStore
 __all__ = ["Store", "hash_token"]  # hash_token: still imported from here by db.cache
 
 
-class Store(Migrations, TokenStore, UsageStore):
+class Store(Migrations, TokenStore, UsageStore, BatchStore):
     """Owns the async engine. Build it in main()/lifespan, `await migrate()`, `await dispose()`."""

@@ -135,6 +135,7 @@ _COLUMNS: Final[dict[str, Callable[[Any], Any]]] = {
     "allowed_models": _models_to_db,
     "expires_at": lambda value: to_db_time(parse_datetime(value)),
     "enabled": _validate_enabled,
+    "batch_priority": lambda value: None if value is None else _validate_int(value, "batch_priority"),
 }
 TOKEN_FIELDS: Final = frozenset(_COLUMNS)
 # What a whole token left out means (an import sets these, so removing them from a seed file clears them).
@@ -170,6 +171,7 @@ def _record(row: sa.Row) -> TokenRecord:
         allowed_models=_models_from_db(row.allowed_models),
         expires_at=from_db_time(row.expires_at),
         enabled=bool(row.enabled),
+        batch_priority=row.batch_priority,
     )
 
 
@@ -204,6 +206,7 @@ class TokenStore(Database):
         allowed_models: Iterable[str] | str | None = None,
         expires_at: datetime | date | str | None = None,
         token: str | None = None,
+        batch_priority: int | None = None,
     ) -> tuple[TokenRecord, str]:
         """Returns the record and the plaintext, which is not stored anywhere and cannot be shown
         again. `token=` registers a given plaintext instead of generating one."""
@@ -217,6 +220,7 @@ class TokenStore(Database):
                 "allowed_models": allowed_models,
                 "expires_at": expires_at,
                 "enabled": True,
+                "batch_priority": batch_priority,
             }
         )
         now = to_db_time(utcnow())
@@ -253,6 +257,11 @@ class TokenStore(Database):
             row = (await conn.execute(tokens.select().where(tokens.c.token_hash == token_hash))).one_or_none()
         return None if row is None else _record(row)
 
+    async def get_token_by_id(self, token_id: int) -> TokenRecord | None:
+        async with self._begin("read a token") as conn:
+            row = (await conn.execute(tokens.select().where(tokens.c.id == token_id))).one_or_none()
+        return None if row is None else _record(row)
+
     async def get_token(self, name: str) -> TokenRecord:
         async with self._begin("read a token") as conn:
             row = (await conn.execute(tokens.select().where(tokens.c.name == name))).one_or_none()
@@ -274,13 +283,18 @@ class TokenStore(Database):
         allowed_models: Iterable[str] | str | _Unset | None = UNSET,
         expires_at: datetime | str | _Unset | None = UNSET,
         enabled: bool | None = None,
+        batch_priority: int | _Unset | None = UNSET,
     ) -> TokenRecord:
         """Only the given fields change. `allowed_models=None` allows every model, `expires_at=None`
         removes the expiry; leave them out to keep them."""
         changes: dict[str, Any] = {
             k: v for k, v in (("priority", priority), ("threshold", threshold), ("enabled", enabled)) if v is not None
         }
-        for k, v in (("allowed_models", allowed_models), ("expires_at", expires_at)):
+        for k, v in (
+            ("allowed_models", allowed_models),
+            ("expires_at", expires_at),
+            ("batch_priority", batch_priority),
+        ):
             if not isinstance(v, _Unset):
                 changes[k] = v
         values = token_columns(changes, partial=True)

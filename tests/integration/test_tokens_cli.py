@@ -92,6 +92,7 @@ def test_list_shows_settings_but_never_secrets(run_cli, sqlite_url: str) -> None
         "name": "bob",
         "priority": 1,
         "threshold": 10,
+        "batch_priority": None,
         "allowed_models": ["m1"],
         "expires_at": None,
         "enabled": False,
@@ -281,3 +282,14 @@ def test_import_reads_a_token_list_from_stdin(run_cli, monkeypatch: pytest.Monke
     monkeypatch.setattr(sys, "stdin", io.StringIO('{"name": "svc"}'))
     code, _, err = run_cli("tokens", "import", "-")
     assert code == 2 and "<stdin>: expected a list of tokens" in err
+
+
+def test_a_batch_priority_is_set_capped_by_the_priority_and_cleared(run_cli, sqlite_url):
+    code, out, _ = run_cli(
+        "tokens", "create", "nightly", "--priority", "5", "--threshold", "10", "--batch-priority", "1"
+    )
+    assert code == 0 and "batch priority 1" in out
+    code, out, _ = run_cli("tokens", "update", "nightly", "--batch-priority", "9")
+    assert code == 0 and "batch priority 5" in out  # never above the token's own priority
+    code, out, _ = run_cli("tokens", "update", "nightly", "--no-batch-priority")
+    assert code == 0 and "batch priority" not in out

@@ -1,0 +1,242 @@
+"""Runs batch lines: claims them in the database, sends each through the same steps as an interactive
+request (admit's checks, dispatch at the token's batch priority, relay, record), stores each result.
+
+- A batch never floods a queue: this runner keeps at most `batch_max_waiting` of a batch's lines
+  waiting for a grant, and claims more only as grants come back; a line waits (it is given back and
+  claimed again) rather than failing when no replica is free.
+- Several senders may run batches: lines are claimed row by row (db/batches.py), claims are extended
+  while a line runs, and a claim a dead runner left expires after `batch_claim_s`; its line runs again.
+  So after a crash only lines that were in flight can run twice, never a line whose result is stored,
+  and the output has each line exactly once.
+- Cancel and expiry stop feeding at once, cancel the lines in flight here (the upstream request is
+  aborted, the lease released), and end the rest; a runner that finishes a line after that drops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from functools import partial
+
+import orjson
+
+from llm_dispatcher.db import Store, TokenRecord
+from llm_dispatcher.db.batches import BatchRecord, Line
+from llm_dispatcher.errors import DispatcherError, ModelNotFoundError, ServiceUnavailableError, shorten
+from llm_dispatcher.protocol import clamp_priority
+from sender import steps
+from sender.batches.objects import output_files
+from sender.context import SenderContext
+from sender.requests import parse_body
+from sender.steps import Admission, Outcome
+
+log = logging.getLogger(__name__)
+
+CANCELLED = {"code": "batch_cancelled", "message": "the batch was cancelled before this request ran"}
+EXPIRED = {"code": "batch_expired", "message": "the batch expired before this request ran"}
+
+
+class Collector:
+    """An ASGI `send` that keeps the relayed response (a batch line's answer is stored, not streamed)."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.chunks: list[bytes] = []
+
+    async def send(self, message: dict) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        else:
+            self.chunks.append(message.get("body", b""))
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+class BatchRunner:
+    def __init__(self, ctx: SenderContext, store: Store):
+        self.ctx = ctx
+        self.store = store
+        self.settings = ctx.settings
+        self.id = f"runner-{uuid.uuid4().hex[:12]}"
+        self._running: dict[tuple[str, int], asyncio.Task] = {}
+        self._waiting: dict[str, int] = {}  # batch id -> its lines here not granted yet
+        self._task: asyncio.Task | None = None
+        self._born = time.monotonic()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="batch-runner")
+
+    async def stop(self) -> None:
+        """Stop feeding; lines in flight are cancelled and given back (another runner takes them)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        last_extend = time.monotonic()
+        while True:
+            try:
+                for batch in await self.store.active_batches():
+                    await self._tick(batch)
+                if time.monotonic() - last_extend >= self.settings.batch_claim_s / 3:
+                    await self.store.extend_claims(
+                        self.id, list(self._running), int(self.settings.batch_claim_s * 1000)
+                    )
+                    last_extend = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("batch runner pass failed; next pass in %g s", self.settings.batch_poll_interval_s)
+            await asyncio.sleep(self.settings.batch_poll_interval_s)
+
+    # -- one batch, one pass -------------------------------------------------------------------
+    async def _tick(self, batch: BatchRecord) -> None:
+        if batch.status in ("validating", "in_progress") and time.time() >= batch.expires_at:
+            if await self.store.move(
+                batch.id, ("validating", "in_progress"), "finalizing", expired_at=int(time.time())
+            ):
+                await self._end(batch.id, EXPIRED, "expired")
+            return
+        if batch.status == "validating":
+            await self.store.move(batch.id, ("validating",), "in_progress")
+        elif batch.status == "in_progress":
+            await self._feed(batch)
+            if not self._mine(batch.id) and await self.store.unfinished(batch.id) == 0:
+                if await self.store.move(batch.id, ("in_progress",), "finalizing"):
+                    await self._write_output(batch.id, "completed")
+        elif batch.status == "cancelling":
+            await self._end(batch.id, None, "cancelled")
+        elif batch.status == "finalizing":  # a runner died while finalizing: finish its work
+            fresh = await self.store.get_batch(batch.id)
+            if fresh is not None and fresh.output_file_id is None and fresh.error_file_id is None:
+                await self._write_output(batch.id, "expired" if fresh.times.get("expired_at") else "completed")
+
+    def _mine(self, batch_id: str) -> list[asyncio.Task]:
+        return [t for (b, _), t in self._running.items() if b == batch_id]
+
+    async def _feed(self, batch: BatchRecord) -> None:
+        if time.monotonic() - self._born < self.settings.heartbeat_ttl_s:
+            return  # just started: until every live replica has been heard from, "unknown model" is not known
+        room = self.settings.batch_max_waiting - self._waiting.get(batch.id, 0)
+        if room <= 0:
+            return
+        token = await self.store.get_token_by_id(batch.token_id)
+        lines = await self.store.claim_lines(batch.id, self.id, room, int(self.settings.batch_claim_s * 1000))
+        for line in lines:
+            key = (line.batch_id, line.line_no)
+            self._waiting[batch.id] = self._waiting.get(batch.id, 0) + 1
+            task = asyncio.get_running_loop().create_task(self._run_line(batch, line, token), name=f"line-{key}")
+            self._running[key] = task
+            task.add_done_callback(partial(self._line_done, key))
+
+    async def _end(self, batch_id: str, error: dict | None, final: str) -> None:
+        """Cancel or expire: lines in flight here are aborted, every unfinished line ended, output written."""
+        tasks = self._mine(batch_id)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.store.end_unfinished(batch_id, error)
+        if final == "cancelled":
+            await self.store.move(batch_id, ("cancelling",), "finalizing")
+        await self._write_output(batch_id, final)
+
+    async def _write_output(self, batch_id: str, final: str) -> None:
+        batch = await self.store.get_batch(batch_id)
+        if batch is None:
+            return
+        output, errors = output_files(await self.store.results(batch_id))
+        values: dict = {}
+        if output:
+            f = await self.store.create_file(batch.token_id, "batch_output", f"{batch_id}_output.jsonl", output)
+            values["output_file_id"] = f.id
+        if errors:
+            f = await self.store.create_file(batch.token_id, "batch_output", f"{batch_id}_error.jsonl", errors)
+            values["error_file_id"] = f.id
+        if final == "expired":
+            values["expired_at"] = batch.times.get("expired_at") or int(time.time())
+        await self.store.move(batch_id, ("finalizing",), final, **values)
+        log.info("batch %s %s: %d completed, %d failed", batch_id, final, batch.completed, batch.failed)
+
+    # -- one line ------------------------------------------------------------------------------
+    async def _run_line(self, batch: BatchRecord, line: Line, token: TokenRecord | None) -> None:
+        ctx = self.ctx
+        outcome = Outcome(started=time.perf_counter(), request_id=f"{batch.id}-{line.line_no}"[:64])
+        waiting = True
+        stored = False
+        try:
+            payload = parse_body(line.body)
+            outcome.model = shorten(line.model)
+            if token is None or not token.enabled or not token.allows(line.model) or not ctx.registry.known(line.model):
+                raise ModelNotFoundError(
+                    f"The model `{outcome.model}` does not exist or you do not have access to it.", param="model"
+                )
+            outcome.token, outcome.model_label = token, line.model
+            priority = outcome.priority = clamp_priority(
+                None, token.effective_batch_priority, self.settings.max_priority
+            )
+            admission = Admission(token=token, body=line.body, payload=payload, model=line.model, priority=priority)
+            grant = await steps.dispatch(ctx, admission, outcome)
+            waiting = self._granted(batch.id)
+            collector = Collector()
+            await steps.relay(
+                ctx,
+                admission,
+                grant,
+                batch.endpoint,
+                b"",
+                [(b"content-type", b"application/json")],
+                collector.send,
+                outcome,
+            )
+            stored = await self.store.finish_line(
+                batch.id,
+                line.line_no,
+                self.id,
+                status_code=collector.status,
+                response=collector.body,
+                error=None,
+                request_id=outcome.request_id,
+            )
+        except ServiceUnavailableError:  # no replica free in time, broker away: the line waits its turn again
+            outcome.fail(503, "requeued")
+        except DispatcherError as exc:  # the gateway's own answer (unknown model...): the line's result
+            outcome.fail(exc.status, exc.code or "error")
+            stored = await self.store.finish_line(
+                batch.id,
+                line.line_no,
+                self.id,
+                status_code=exc.status,
+                response=orjson.dumps(exc.body()),
+                error=None,
+                request_id=outcome.request_id,
+            )
+        except asyncio.CancelledError:
+            outcome.fail(499, "batch_stopped")
+            raise
+        except Exception:
+            log.exception("batch line %s/%d failed", batch.id, line.line_no)
+            outcome.fail(500, "internal_error")
+        finally:
+            if waiting:
+                self._granted(batch.id)
+            if not stored:
+                with contextlib.suppress(Exception):
+                    await self.store.give_back(batch.id, line.line_no, self.id)
+            if outcome.token is not None:
+                await steps.record(ctx, "POST", batch.endpoint, outcome)
+
+    def _line_done(self, key: tuple[str, int], _task: asyncio.Task) -> None:
+        self._running.pop(key, None)
+
+    def _granted(self, batch_id: str) -> bool:
+        self._waiting[batch_id] = max(0, self._waiting.get(batch_id, 1) - 1)
+        return False
