@@ -203,3 +203,28 @@ def test_limits_refused_in_the_openai_shape(batch_stack):
         c.batches.create(input_file_id=f.id, endpoint="/v1/moderations", completion_window="24h")
     with pytest.raises(openai.NotFoundError):
         c.batches.create(input_file_id="file-nope", endpoint="/v1/chat/completions", completion_window="24h")
+
+
+def test_a_big_batch_never_pushes_the_queue_past_an_interactive_threshold(stack_factory):
+    s = stack_factory(batch_poll_interval_s=0.02, batch_max_waiting=2)
+    sim = s.add_sim(model=MODEL, itl_base=0.01, max_num_seqs=2)
+    s.add_consumer(MODEL, sim, max_concurrency=2)
+    batcher = s.create_token("nightly", priority=5, threshold=1000, batch_priority=1)
+    interactive = s.create_token("chat", priority=8, threshold=3)  # refused once 3 tickets wait
+    s.wait_models({MODEL}, interactive)
+    c = client(s, batcher)
+    f = c.files.create(file=("big.jsonl", io.BytesIO(jsonl([chat_line(f"b{i}") for i in range(200)]))), purpose="batch")
+    b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    chat = client(s, interactive)
+    statuses, depths = [], []
+    while (state := c.batches.retrieve(b.id)).status != "completed":
+        try:
+            chat.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+            statuses.append(200)
+        except openai.RateLimitError:
+            statuses.append(429)
+        depths.append(s.bg.call(s.ctx.dispatcher.depth(MODEL)))
+        assert len(statuses) < 2000, state
+    assert statuses and set(statuses) == {200}  # the batch never caused a 429 for the interactive token
+    assert max(depths) <= 2  # at most batch_max_waiting batch tickets in the queue
+    assert state.request_counts.completed == 200  # and the batch still finished
