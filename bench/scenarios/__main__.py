@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="bench/scenarios", description=scenarios.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("scenarios", nargs="*", default=["1", "2", "3", "4"], choices=[*SCENARIOS], metavar="N",
-                    help="any of 1 2 3 4 5")  # fmt: skip
+                    help="any of 1 2 3 4 5 6")  # fmt: skip
     ap.add_argument("--duration", type=float, default=d.duration, help="arrival window per arm (s)")
     ap.add_argument("--idle-duration", type=float, default=d.idle_duration, help="scenario 1's idle reference run (s)")
     ap.add_argument("--seed", type=int, default=d.seed)
@@ -48,6 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real-duration", type=float, default=d.real_duration)
     ap.add_argument("--real-rate-i", type=float, default=d.real_rate_i)
     ap.add_argument("--real-rate-b", type=float, default=d.real_rate_b)
+    b = d.batch
+    ap.add_argument("--batch-lines", type=int, default=b.lines, help="scenario 6: lines in the batch")
+    ap.add_argument("--batch-duration", type=float, default=b.duration, help="scenario 6: interactive window (s)")
+    ap.add_argument("--batch-rate", type=float, default=b.rate, help="scenario 6: interactive requests/s")
+    ap.add_argument(
+        "--batch-poll", type=float, default=b.poll_interval_s, help="scenario 6: the sender's poll interval"
+    )
+    ap.add_argument("--batch-max-waiting", type=int, default=b.max_waiting, help="scenario 6: LLMD_BATCH_MAX_WAITING")
     ap.add_argument("--img", default="docs/img")
     ap.add_argument("--json", help="write every record and sample here")
     ap.add_argument(
@@ -68,6 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         real_rate_i=args.real_rate_i,
         real_rate_b=args.real_rate_b,
         consumer_overrides=parse_set(args.set),
+        batch=dataclasses.replace(
+            b,
+            lines=args.batch_lines,
+            duration=args.batch_duration,
+            rate=args.batch_rate,
+            poll_interval_s=args.batch_poll,
+            max_waiting=args.batch_max_waiting,
+        ),
     )
     img = Path(args.img)
     img.mkdir(parents=True, exist_ok=True)

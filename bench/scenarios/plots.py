@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from scenarios.batch import BatchScenario
 from scenarios.run import ArmResult
 from scenarios.sampling import complete
 from scenarios.stats import CUT
@@ -148,4 +149,57 @@ def plot_floor(results: Sequence[ArmResult], floor: float, path: Path, title: st
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    _save(plt, fig, path, title)
+
+
+def plot_batch(scen: BatchScenario, duration: float, path: Path, title: str) -> None:
+    """Scenario 6: interactive TTFT CDF per arm; engine tokens/s over time against the capacity; the
+    batch's progress and the sequences running."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
+    arms = [(scen.alone, "tab:green"), (scen.with_batch, "tab:blue")]
+    ax = axes[0]
+    for res, color in arms:
+        v = sorted(r.ttft for r in res.records if r.status in (200, CUT) and r.ttft is not None)
+        if v:
+            ax.plot(v, np.linspace(0, 1, len(v)), label=res.arm, color=color)
+    ax.set_xscale("log")
+    ax.set_xlabel("interactive time to first token (s, log)")
+    ax.set_ylabel("fraction of requests")
+    ax.set_title("interactive TTFT CDF")
+    ax = axes[1]
+    for res, color in [(scen.saturation, "tab:grey"), *arms]:
+        rows = complete(res.samples)
+        t = np.array([r.t for r in rows])
+        g = np.array([r.gen_total() for r in rows])
+        step = 8  # 2 s at 250 ms
+        if len(t) > step:
+            ax.plot(t[step:], (g[step:] - g[:-step]) / (t[step:] - t[:-step]), label=res.arm, color=color, lw=1)
+    ax.axhline(scen.capacity_measured, color="k", ls="--", lw=1, label=f"capacity {scen.capacity_measured:.0f}")
+    ax.axhline(0.95 * scen.capacity_measured, color="k", ls=":", lw=1, label="95 % of capacity")
+    ax.axvline(duration, color="tab:red", ls="--", lw=1, label="interactive arrivals end")
+    ax.set_xlabel("time (s)")
+    ax.set_title("engine output tokens/s (2 s window)")
+    ax.set_ylim(bottom=0)
+    ax = axes[2]
+    polls = scen.with_batch.polls
+    ax.plot([p.t for p in polls], [p.completed + p.failed for p in polls], color="tab:purple", label="batch lines done")
+    ax.axvline(duration, color="tab:red", ls="--", lw=1)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("batch lines done")
+    ax.set_title("batch progress; sequences running (right)")
+    ax2 = ax.twinx()
+    for res, color in arms:
+        rows = complete(res.samples)
+        ax2.plot([r.t for r in rows], [r.running_total() for r in rows], color=color, alpha=0.5, lw=0.8,
+                 label=f"running: {res.arm}")  # fmt: skip
+    ax2.set_ylim(0, 17)
+    ax2.set_ylabel("sequences running (max 16)")
+    lines, labels = ax.get_legend_handles_labels()
+    lines2, labels2 = ax2.get_legend_handles_labels()
+    ax.legend(lines + lines2, labels + labels2, fontsize=8, loc="center right")
+    for ax in axes[:2]:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[2].grid(alpha=0.3)
     _save(plt, fig, path, title)

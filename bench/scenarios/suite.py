@@ -1,4 +1,4 @@
-"""The five scenarios: each runs its arms, draws its plot and writes its report section."""
+"""The six scenarios: each runs its arms, draws its plot and writes its report section."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 from loadgen import TrafficClass
 
-from scenarios.plots import plot_floor, plot_goodput, plot_priority, plot_replicas
+from scenarios.batch import BatchArmResult, BatchOptions, run_scenario
+from scenarios.plots import plot_batch, plot_floor, plot_goodput, plot_priority, plot_replicas
 from scenarios.report import table
 from scenarios.run import (
     CONSUMER,
@@ -41,6 +42,7 @@ class Options:
     real_rate_i: float = 0.2
     real_rate_b: float = 0.3
     consumer_overrides: dict[str, str] = field(default_factory=dict)  # --set LLMD_X=V
+    batch: BatchOptions = field(default_factory=BatchOptions)  # scenario 6
 
     def consumer_env(self, **scenario: str) -> dict[str, str]:
         """The dispatcher arms' consumer settings: the defaults, then --set, then the scenario's own."""
@@ -54,6 +56,7 @@ class ScenarioResult:
     idle: ArmResult | None = None  # scenario 1's idle reference arm
     targets: dict[str, float] = field(default_factory=dict)  # the figures each scenario is judged by
     replicas: dict[str, dict[str, int]] = field(default_factory=dict)  # scenario 3: completed per replica per arm
+    batch_arms: list[BatchArmResult] = field(default_factory=list)  # scenario 6: saturation, alone, with the batch
     wall_s: float = 0.0
 
 
@@ -195,10 +198,26 @@ def scenario5(a: Options, workdir: str, img: Path) -> ScenarioResult:
     return ScenarioResult(report, results)
 
 
+def scenario6(a: Options, workdir: str, img: Path) -> ScenarioResult:
+    """Interactive at ~60 % of capacity, alone and with a batch submitted as it starts (scenarios/batch.py)."""
+    o = a.batch
+    scen = run_scenario(o, a.seed, workdir, a.consumer_env())
+    plot_batch(
+        scen,
+        o.duration,
+        img / "scenario6-batch.png",
+        f"Scenario 6: interactive at ~60 % of capacity, alone and with a {o.lines:,}-line batch (simulator)",
+    )
+    return ScenarioResult(
+        scen.report, [], targets=scen.targets, batch_arms=[scen.saturation, scen.alone, scen.with_batch]
+    )
+
+
 SCENARIOS: dict[str, Callable[[Options, str, Path], ScenarioResult]] = {
     "1": scenario1,
     "2": scenario2,
     "3": scenario3,
     "4": scenario4,
     "5": scenario5,
+    "6": scenario6,
 }

@@ -228,3 +228,62 @@ def test_a_big_batch_never_pushes_the_queue_past_an_interactive_threshold(stack_
     assert statuses and set(statuses) == {200}  # the batch never caused a 429 for the interactive token
     assert max(depths) <= 2  # at most batch_max_waiting batch tickets in the queue
     assert state.request_counts.completed == 200  # and the batch still finished
+
+
+def test_two_senders_share_a_batch_and_never_run_the_same_line(stack_factory):
+    a = stack_factory(batch_poll_interval_s=0.02, batch_max_waiting=2)
+    b = stack_factory(database_url=a.database_url, batch_poll_interval_s=0.02, batch_max_waiting=2)
+    sim = a.add_sim(model=MODEL, itl_base=0.005, max_num_seqs=8)
+    a.add_consumer(MODEL, sim, max_concurrency=8)
+    token = a.create_token("shared", priority=5, threshold=1000)
+    a.wait_models({MODEL}, token)
+    b.wait_models({MODEL}, token)
+    c = client(a, token)
+    f = c.files.create(file=("s.jsonl", io.BytesIO(jsonl([chat_line(f"s{i}") for i in range(80)]))), purpose="batch")
+    done = wait_final(
+        c, c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h").id
+    )
+    assert done.status == "completed" and done.request_counts.completed == 80
+    out = read_lines(c, done.output_file_id)
+    assert [o["custom_id"] for o in out] == [f"s{i}" for i in range(80)]
+    rows = a.usage_rows(80)  # both senders write usage to the shared database
+    assert len(rows) == 80  # 80 lines, 80 requests: none ran twice
+    assert all(r["status"] == 200 for r in rows)
+    served = [
+        sum(x.value for m in stack.ctx.metrics.requests.collect() for x in m.samples if x.name.endswith("_total"))
+        for stack in (a, b)
+    ]
+    assert all(n > 0 for n in served) and sum(served) == 80, served  # both runners took lines, none twice
+
+
+def test_an_expired_batch_keeps_finished_lines_and_reports_the_rest_as_expired(stack_factory):
+    import sqlalchemy as sa
+
+    from llm_dispatcher.db import Store
+    from llm_dispatcher.db.models import batches
+
+    s = stack_factory(batch_poll_interval_s=0.05)
+    sim = s.add_sim(model=MODEL, itl_base=0.05)
+    s.add_consumer(MODEL, sim, max_concurrency=1)
+    token = s.create_token("t", priority=5, threshold=100)
+    s.wait_models({MODEL}, token)
+    c = client(s, token)
+    f = c.files.create(
+        file=("e.jsonl", io.BytesIO(jsonl([chat_line(f"e{i}", max_tokens=10) for i in range(30)]))), purpose="batch"
+    )
+    b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    while c.batches.retrieve(b.id).request_counts.completed < 2:
+        time.sleep(0.05)
+
+    async def window_passed() -> None:  # as if 24 hours had gone by
+        async with Store(s.database_url) as store, store.engine.begin() as conn:
+            await conn.execute(sa.update(batches).where(batches.c.id == b.id).values(expires_at=int(time.time()) - 1))
+
+    s.bg.call(window_passed())
+    done = wait_final(c, b.id)
+    assert done.status == "expired" and done.expired_at
+    finished = read_lines(c, done.output_file_id)
+    expired = [e for e in read_lines(c, done.error_file_id) if e["error"] and e["error"]["code"] == "batch_expired"]
+    assert len(finished) >= 2 and len(finished) + len(expired) == 30  # every line reported once
+    assert all(e["response"] is None for e in expired)
+    s.wait_idle(timeout=10)

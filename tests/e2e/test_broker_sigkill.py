@@ -96,3 +96,44 @@ async def test_broker_sigkill_under_load_leaves_no_lease_held(stack_factory, pri
         )
     assert r.status_code == 200
     s.wait_idle(timeout=5)
+
+
+async def test_a_broker_killed_mid_batch_delays_lines_and_never_loses_or_repeats_one(stack_factory, private_broker):
+    import io
+
+    import openai
+    import orjson
+
+    s = stack_factory(queue_timeout_s=5.0, batch_poll_interval_s=0.05)
+    sim = s.add_sim(model=MODEL, itl_base=0.01, max_num_seqs=4)
+    s.add_consumer(MODEL, sim, max_concurrency=4, lease_reconcile_s=RECONCILE_S)
+    token = s.create_token("batch", priority=5, threshold=1000)
+    s.wait_models({MODEL}, token)
+    c = openai.AsyncOpenAI(base_url=s.base_url, api_key=token, max_retries=0)
+    lines = b"".join(
+        orjson.dumps(
+            {
+                "custom_id": f"k{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 10},
+            }
+        )
+        + b"\n"
+        for i in range(80)
+    )
+    f = await c.files.create(file=("k.jsonl", io.BytesIO(lines)), purpose="batch")
+    batch = await c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    while (await c.batches.retrieve(batch.id)).request_counts.completed < 10:
+        await asyncio.sleep(0.05)
+    await asyncio.to_thread(private_broker.kill)
+    await asyncio.sleep(1.5)
+    await asyncio.to_thread(private_broker.start)
+    deadline = time.monotonic() + 60
+    while (done := await c.batches.retrieve(batch.id)).status != "completed":
+        assert time.monotonic() < deadline, done
+        await asyncio.sleep(0.1)
+    assert done.request_counts.completed == 80 and done.request_counts.failed == 0
+    out = [orjson.loads(x) for x in (await c.files.content(done.output_file_id)).content.splitlines()]
+    assert [o["custom_id"] for o in out] == [f"k{i}" for i in range(80)]  # each once, in order
+    s.wait_idle(timeout=RECONCILE_S + 10)

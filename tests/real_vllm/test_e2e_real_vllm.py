@@ -253,3 +253,43 @@ def test_every_forwarded_endpoint_reaches_the_real_vllm_and_its_operator_routes_
         assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url", (path, r.text)
     assert httpx.get(real_vllm_stack.upstream + "/health").status_code == 200
     real_vllm_stack.wait_idle(timeout=30)
+
+
+def test_a_small_batch_runs_on_the_real_vllm(real_vllm_stack):
+    import io
+    import json
+
+    c = client(real_vllm_stack)
+    lines = [
+        {
+            "custom_id": f"q{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": real_vllm_stack.model, "messages": MESSAGES, "max_tokens": 4, "temperature": 0},
+        }
+        for i in range(3)
+    ]
+    lines.append(
+        {
+            "custom_id": "bad",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": real_vllm_stack.model, "messages": MESSAGES, "max_tokens": -1},
+        }
+    )
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    f = c.files.create(file=("q.jsonl", io.BytesIO(data)), purpose="batch")
+    batch = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    deadline = time.monotonic() + 120
+    while (batch := c.batches.retrieve(batch.id)).status != "completed":
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.5)
+    assert batch.request_counts.completed == 3 and batch.request_counts.failed == 1
+    out = [json.loads(x) for x in c.files.content(batch.output_file_id).text.splitlines()]
+    assert [o["custom_id"] for o in out] == ["q0", "q1", "q2"]
+    assert all(o["response"]["body"]["choices"][0]["message"]["content"] for o in out)
+    (bad,) = [json.loads(x) for x in c.files.content(batch.error_file_id).text.splitlines()]
+    assert (
+        bad["response"]["status_code"] == 400 and bad["response"]["body"]["error"]["type"] == "BadRequestError"
+    )  # vLLM's
+    real_vllm_stack.wait_idle(timeout=30)
