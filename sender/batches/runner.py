@@ -175,11 +175,12 @@ class BatchRunner:
         try:
             payload = parse_body(line.body)
             outcome.model = shorten(line.model)
+            outcome.token = token  # recorded in usage like any request, refused lines included
             if token is None or not token.enabled or not token.allows(line.model) or not ctx.registry.known(line.model):
                 raise ModelNotFoundError(
                     f"The model `{outcome.model}` does not exist or you do not have access to it.", param="model"
                 )
-            outcome.token, outcome.model_label = token, line.model
+            outcome.model_label = line.model
             priority = outcome.priority = clamp_priority(
                 None, token.effective_batch_priority, self.settings.max_priority
             )
