@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 CANCELLED = {"code": "batch_cancelled", "message": "the batch was cancelled before this request ran"}
 EXPIRED = {"code": "batch_expired", "message": "the batch expired before this request ran"}
+FINALIZE_STUCK_S = 60  # a batch finalizing this long without output files lost its finalizer
 
 
 class Collector:
@@ -100,13 +101,17 @@ class BatchRunner:
 
     # -- one batch, one pass -------------------------------------------------------------------
     async def _tick(self, batch: BatchRecord) -> None:
-        if batch.status in ("validating", "in_progress") and time.time() >= batch.expires_at:
+        """One pass over one batch. Every change of status is a conditional UPDATE: when several runners
+        see the same batch, one wins each step (and writes the output files), the others only stop."""
+        active = batch.status in ("validating", "in_progress")
+        if not active and self._mine(batch.id):
+            await self._abort_mine(batch.id)  # cancelled, expired or finished elsewhere: stop at once
+        if active and time.time() >= batch.expires_at:
             if await self.store.move(
                 batch.id, ("validating", "in_progress"), "finalizing", expired_at=int(time.time())
             ):
                 await self._end(batch.id, EXPIRED, "expired")
-            return
-        if batch.status == "validating":
+        elif batch.status == "validating":
             await self.store.move(batch.id, ("validating",), "in_progress")
         elif batch.status == "in_progress":
             await self._feed(batch)
@@ -114,11 +119,28 @@ class BatchRunner:
                 if await self.store.move(batch.id, ("in_progress",), "finalizing"):
                     await self._write_output(batch.id, "completed")
         elif batch.status == "cancelling":
-            await self._end(batch.id, None, "cancelled")
-        elif batch.status == "finalizing":  # a runner died while finalizing: finish its work
-            fresh = await self.store.get_batch(batch.id)
-            if fresh is not None and fresh.output_file_id is None and fresh.error_file_id is None:
-                await self._write_output(batch.id, "expired" if fresh.times.get("expired_at") else "completed")
+            if await self.store.move(batch.id, ("cancelling",), "finalizing"):
+                await self._end(batch.id, CANCELLED, "cancelled")
+        elif batch.status == "finalizing" and self._stuck(batch):  # its finalizer died: finish its work
+            await self._write_output(
+                batch.id,
+                "expired"
+                if batch.times.get("expired_at")
+                else "cancelled"
+                if batch.times.get("cancelling_at")
+                else "completed",
+            )
+
+    @staticmethod
+    def _stuck(batch: BatchRecord) -> bool:
+        since = batch.times.get("finalizing_at") or 0
+        return batch.output_file_id is None and batch.error_file_id is None and time.time() - since > FINALIZE_STUCK_S
+
+    async def _abort_mine(self, batch_id: str) -> None:
+        tasks = self._mine(batch_id)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _mine(self, batch_id: str) -> list[asyncio.Task]:
         return [t for (b, _), t in self._running.items() if b == batch_id]
@@ -138,15 +160,12 @@ class BatchRunner:
             self._running[key] = task
             task.add_done_callback(partial(self._line_done, key))
 
-    async def _end(self, batch_id: str, error: dict | None, final: str) -> None:
-        """Cancel or expire: lines in flight here are aborted, every unfinished line ended, output written."""
-        tasks = self._mine(batch_id)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async def _end(self, batch_id: str, error: dict, final: str) -> None:
+        """Cancel or expire (this runner won the move to finalizing): lines in flight here are aborted,
+        every unfinished line is ended with `error`, the output written. A line another runner still
+        finishes now is dropped there (its line is done already)."""
+        await self._abort_mine(batch_id)
         await self.store.end_unfinished(batch_id, error)
-        if final == "cancelled":
-            await self.store.move(batch_id, ("cancelling",), "finalizing")
         await self._write_output(batch_id, final)
 
     async def _write_output(self, batch_id: str, final: str) -> None:

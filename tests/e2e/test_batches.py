@@ -153,6 +153,9 @@ def test_cancel_stops_the_batch_and_keeps_what_finished(stack_factory):
     assert done.status == "cancelled" and done.cancelled_at and done.cancelling_at
     assert 2 <= done.request_counts.completed < 40
     assert len(read_lines(c, done.output_file_id)) == done.request_counts.completed
+    cancelled = [e for e in read_lines(c, done.error_file_id) if e["error"]["code"] == "batch_cancelled"]
+    assert len(cancelled) == done.request_counts.failed  # every line reported once: done, or cancelled
+    assert done.request_counts.completed + done.request_counts.failed == 40
     s.wait_idle(timeout=10)  # lines in flight were aborted and their leases released
 
 
