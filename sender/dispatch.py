@@ -54,8 +54,10 @@ class Dispatcher:
         self.cancels = cancels
         self._reply_name = reply_name
         self._waiting: dict[str, asyncio.Future[Grant]] = {}
+        self._batch_waiting: dict[str, int] = {}  # model -> this sender's batch-line tickets in its queue
         self._depth_calls: dict[str, asyncio.Future[int]] = {}
-        self._depth_seen: dict[str, tuple[float, int]] = {}  # model -> (monotonic time, depth)
+        # model -> (monotonic time, depth, this sender's batch tickets published before that reading)
+        self._depth_seen: dict[str, tuple[float, int, int]] = {}
         self._held: dict[str, Grant] = {}  # lease id -> grant, while the request is being proxied
         self._renewed: dict[str, float] = {}  # lease id -> when it was granted or last renewed
         self._renew_period = 1.0  # at most a sixth of the shortest lease TTL seen
@@ -148,10 +150,23 @@ class Dispatcher:
                 del self._depth_calls[model]
         return await asyncio.shield(call)
 
+    def batch_waiting(self, model: str) -> int:
+        """This sender's batch-line tickets waiting in `model`'s queue (at most batch_max_waiting a batch)."""
+        return self._batch_waiting.get(model, 0)
+
+    async def depth_for_threshold(self, model: str, max_age_s: float = 0.0) -> int:
+        """The depth an interactive threshold is held against: the queue's, less this sender's own batch
+        tickets counted at the moment of that reading (a ticket published before the declare is in its
+        count: one channel keeps them in order; one granted since is in neither), never below 0."""
+        count = await self.depth(model, max_age_s)
+        seen = self._depth_seen.get(model)
+        return max(0, count - (seen[2] if seen is not None else 0))
+
     async def _declare(self, model: str) -> int:
         if not self.connected:
             raise BrokerUnavailableError("the message broker is unreachable", retry_after=self.settings.retry_after_s)
         channel = await self.link.raw()
+        batch_then = self.batch_waiting(model)
         with amqp.broker_errors(self.settings.retry_after_s):
             ok = await channel.queue_declare(
                 protocol.model_queue(self.prefix, model),
@@ -159,7 +174,7 @@ class Dispatcher:
                 arguments=protocol.queue_arguments(self.settings.max_priority),
             )
         count = ok.message_count or 0
-        self._depth_seen[model] = (time.monotonic(), count)
+        self._depth_seen[model] = (time.monotonic(), count, batch_then)
         self.metrics.queue_depth.labels(model).set(count)
         return count
 
@@ -177,7 +192,7 @@ class Dispatcher:
                 self.metrics.replicas_live.labels(model).set(len(live))
 
     # -- tickets and grants --------------------------------------------------------------------
-    async def acquire(self, model: str, priority: int, request_id: str = "") -> Grant:
+    async def acquire(self, model: str, priority: int, request_id: str = "", *, batch: bool = False) -> Grant:
         """Wait for a replica of `model`. Raises QueueTimeoutError, BrokerUnavailableError; a
         cancellation (client gone) abandons the ticket so that no consumer grants it."""
         timeout = self.settings.queue_timeout_s
@@ -192,6 +207,8 @@ class Dispatcher:
         self._waiting[ticket.id] = fut
         waiting = self.metrics.waiting.labels(model, str(priority))
         waiting.inc()
+        if batch:
+            self._batch_waiting[model] = self._batch_waiting.get(model, 0) + 1
         try:
             await self._publish_ticket(ticket, timeout)
             return await asyncio.wait_for(fut, timeout)
@@ -206,6 +223,8 @@ class Dispatcher:
             raise
         finally:
             waiting.dec()
+            if batch:
+                self._batch_waiting[model] -= 1
             self._waiting.pop(ticket.id, None)
 
     async def _publish_ticket(self, ticket: Ticket, ttl_s: float) -> None:

@@ -75,7 +75,8 @@ class Admission:
 # -- admit -----------------------------------------------------------------------------------------
 async def admit(ctx: SenderContext, scope, receive, outcome: Outcome) -> Admission:
     """The token, the body and the model, checked; the priority clamped; the threshold applied to the
-    model queue's real depth. Raises a DispatcherError (the OpenAI error to answer) or ClientGone."""
+    model queue's real depth, less this sender's own batch lines. Raises a DispatcherError
+    (the OpenAI error to answer) or ClientGone."""
     settings = ctx.settings
     headers = read_headers(scope["headers"])
     token = outcome.token = await ctx.tokens.authenticate(headers.authorization)
@@ -95,7 +96,9 @@ async def admit(ctx: SenderContext, scope, receive, outcome: Outcome) -> Admissi
     priority = outcome.priority = clamp_priority(
         requested_priority(headers.priority), token.priority, settings.max_priority
     )
-    depth = outcome.queue_depth = await ctx.dispatcher.depth(model, settings.queue_depth_max_age_s)
+    # This sender's own batch lines in the queue do not count against an interactive threshold (a batch
+    # fills idle capacity, it never sheds anyone); other senders' (at most batch_max_waiting each) do.
+    depth = outcome.queue_depth = await ctx.dispatcher.depth_for_threshold(model, settings.queue_depth_max_age_s)
     if depth >= token.threshold:
         # The depth is for operators (log, metrics), not for the caller.
         raise OverThresholdError(
@@ -106,9 +109,11 @@ async def admit(ctx: SenderContext, scope, receive, outcome: Outcome) -> Admissi
 
 
 # -- dispatch --------------------------------------------------------------------------------------
-async def dispatch(ctx: SenderContext, admission: Admission, outcome: Outcome) -> Grant:
+async def dispatch(ctx: SenderContext, admission: Admission, outcome: Outcome, *, batch: bool = False) -> Grant:
     """Wait in the model's queue for a grant. The caller owns the grant from here: `record` releases it."""
-    grant = outcome.grant = await ctx.dispatcher.acquire(admission.model, admission.priority, outcome.request_id)
+    grant = outcome.grant = await ctx.dispatcher.acquire(
+        admission.model, admission.priority, outcome.request_id, batch=batch
+    )
     ctx.metrics.in_flight.labels(admission.model).inc()
     outcome.queue_wait_s = time.perf_counter() - outcome.started
     ctx.metrics.queue_wait.labels(admission.model, str(admission.priority)).observe(outcome.queue_wait_s)

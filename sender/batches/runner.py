@@ -68,6 +68,7 @@ class BatchRunner:
         self._waiting: dict[str, int] = {}  # batch id -> its lines here not granted yet
         self._task: asyncio.Task | None = None
         self._born = time.monotonic()
+        self._wakeup = asyncio.Event()  # a line was granted (or ended): room to feed another at once
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="batch-runner")
@@ -97,7 +98,9 @@ class BatchRunner:
                 raise
             except Exception:
                 log.exception("batch runner pass failed; next pass in %g s", self.settings.batch_poll_interval_s)
-            await asyncio.sleep(self.settings.batch_poll_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self.settings.batch_poll_interval_s)
+            self._wakeup.clear()
 
     # -- one batch, one pass -------------------------------------------------------------------
     async def _tick(self, batch: BatchRecord) -> None:
@@ -204,7 +207,7 @@ class BatchRunner:
                 None, token.effective_batch_priority, self.settings.max_priority
             )
             admission = Admission(token=token, body=line.body, payload=payload, model=line.model, priority=priority)
-            grant = await steps.dispatch(ctx, admission, outcome)
+            grant = await steps.dispatch(ctx, admission, outcome, batch=True)
             waiting = self._granted(batch.id)
             collector = Collector()
             await steps.relay(
@@ -258,5 +261,8 @@ class BatchRunner:
         self._running.pop(key, None)
 
     def _granted(self, batch_id: str) -> bool:
+        """One of the batch's lines is no longer waiting for a grant: feed the next one now, not at the
+        next poll (the feed follows free capacity, not the poll interval)."""
         self._waiting[batch_id] = max(0, self._waiting.get(batch_id, 1) - 1)
+        self._wakeup.set()
         return False
