@@ -126,6 +126,16 @@ def _batch(row: sa.Row, counts: tuple[int, int] = (0, 0)) -> BatchRecord:
     )
 
 
+def _held(batch_id: str, line_no: int, runner: str) -> sa.Update:
+    """An UPDATE of one line that only applies while `runner` holds its claim."""
+    return batch_lines.update().where(
+        batch_lines.c.batch_id == batch_id,
+        batch_lines.c.line_no == line_no,
+        batch_lines.c.claimed_by == runner,
+        batch_lines.c.state == RUNNING,
+    )
+
+
 class BatchStore(Database):
     # -- files ---------------------------------------------------------------------------------
     async def create_file(self, token_id: int, purpose: str, filename: str, content: bytes) -> FileRecord:
@@ -335,16 +345,7 @@ class BatchStore(Database):
             return
         async with self._begin("extend batch line claims") as conn:
             for batch_id, line_no in keys:
-                await conn.execute(
-                    batch_lines.update()
-                    .where(
-                        batch_lines.c.batch_id == batch_id,
-                        batch_lines.c.line_no == line_no,
-                        batch_lines.c.claimed_by == runner,
-                        batch_lines.c.state == RUNNING,
-                    )
-                    .values(claim_until=now_ms() + claim_ms)
-                )
+                await conn.execute(_held(batch_id, line_no, runner).values(claim_until=now_ms() + claim_ms))
 
     async def finish_line(
         self,
@@ -360,14 +361,7 @@ class BatchStore(Database):
         """Store a line's result, only if `runner` still holds it (else another runner has taken it over)."""
         async with self._begin("store a batch line") as conn:
             result = await conn.execute(
-                batch_lines.update()
-                .where(
-                    batch_lines.c.batch_id == batch_id,
-                    batch_lines.c.line_no == line_no,
-                    batch_lines.c.claimed_by == runner,
-                    batch_lines.c.state == RUNNING,
-                )
-                .values(
+                _held(batch_id, line_no, runner).values(
                     state=DONE,
                     status_code=status_code,
                     response=None if response is None else response.decode(),
@@ -380,14 +374,7 @@ class BatchStore(Database):
     async def give_back(self, batch_id: str, line_no: int, runner: str) -> None:
         async with self._begin("give a batch line back") as conn:
             await conn.execute(
-                batch_lines.update()
-                .where(
-                    batch_lines.c.batch_id == batch_id,
-                    batch_lines.c.line_no == line_no,
-                    batch_lines.c.claimed_by == runner,
-                    batch_lines.c.state == RUNNING,
-                )
-                .values(state=PENDING, claimed_by=None, claim_until=None)
+                _held(batch_id, line_no, runner).values(state=PENDING, claimed_by=None, claim_until=None)
             )
 
     async def end_unfinished(self, batch_id: str, error: dict | None) -> None:
