@@ -3,7 +3,7 @@ batch belongs to the token that made it: another token gets 404 and never sees i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 from fastapi import FastAPI, Request, Response
@@ -48,10 +48,21 @@ def _limit(value: int | None, default: int = 20) -> int:
 
 
 def add_batch_routes(app: FastAPI, get_ctx: Callable[[], SenderContext]) -> None:
+    """/v1/files and /v1/batches on `app`."""
+    add_file_routes(app, get_ctx)
+    add_batch_object_routes(app, get_ctx)
+
+
+def _owner(get_ctx: Callable[[], SenderContext]) -> Callable[[Request], Awaitable[TokenRecord]]:
     async def owner(request: Request) -> TokenRecord:
         return await get_ctx().tokens.authenticate(request.headers.get("authorization"))
 
-    # -- files ---------------------------------------------------------------------------------
+    return owner
+
+
+def add_file_routes(app: FastAPI, get_ctx: Callable[[], SenderContext]) -> None:
+    owner = _owner(get_ctx)
+
     @app.post("/v1/files")
     async def create_file(request: Request) -> Response:
         token = await owner(request)
@@ -105,7 +116,10 @@ def add_batch_routes(app: FastAPI, get_ctx: Callable[[], SenderContext]) -> None
             raise _no_file(file_id)
         return JSON({"id": file_id, "object": "file", "deleted": True})
 
-    # -- batches -------------------------------------------------------------------------------
+
+def add_batch_object_routes(app: FastAPI, get_ctx: Callable[[], SenderContext]) -> None:
+    owner = _owner(get_ctx)
+
     @app.post("/v1/batches")
     async def create_batch(body: BatchRequest, request: Request) -> Response:
         token = await owner(request)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
 import time
 
 import httpx
 import pytest
+
+from tests.fixtures import broker
 
 MODEL = "sim-model"
 
@@ -18,21 +19,7 @@ pytestmark = pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="nee
 
 def close_connections(prefix: str) -> int:
     """Close, broker-side, every AMQP connection whose name mentions this test's queue prefix."""
-    out = subprocess.run(
-        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    closed = 0
-    for line in sorted(out.splitlines(), key=lambda line: "sender:" not in line):  # the sender's first
-        pid, _, props = line.partition("\t")
-        if prefix in props:  # the connection_name carries the prefix
-            subprocess.run(
-                ["rabbitmqctl", "-q", "close_connection", pid, "test: broker failover"], check=True, capture_output=True
-            )
-            closed += 1
-    return closed
+    return broker.close_connections(prefix, "test: broker failover")
 
 
 async def test_broker_connection_loss_keeps_streams_fails_waiters_fast_and_recovers(stack_factory):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
 import time
 import uuid
 
@@ -17,6 +16,7 @@ import pytest
 
 from llm_dispatcher import protocol
 from llm_dispatcher.protocol import Grant, Ticket
+from tests.fixtures import broker
 
 MODEL = "sim-model"
 RECONCILE_S = 2.0
@@ -25,23 +25,7 @@ pytestmark = pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="nee
 
 
 def close_consumer_connections(prefix: str) -> int:
-    out = subprocess.run(
-        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    closed = 0
-    for line in out.splitlines():
-        pid, _, props = line.partition("\t")
-        if f"consumer:{prefix}" in props:
-            subprocess.run(
-                ["rabbitmqctl", "-q", "close_connection", pid, "test: consumer reconnect"],
-                check=True,
-                capture_output=True,
-            )
-            closed += 1
-    return closed
+    return broker.close_connections(f"consumer:{prefix}", "test: consumer reconnect")
 
 
 async def take_an_orphan_lease(amqp_url: str, prefix: str) -> Grant:
