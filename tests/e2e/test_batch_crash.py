@@ -47,7 +47,9 @@ def run(stack: ProcessStack, database_url: str, amqp_url: str) -> None:
         }
     )
     sim = stack.start_sim(["--itl-base", "0.02", "--max-num-seqs", str(MAX_CONCURRENCY)])
-    stack.start_consumer(sim, LLMD_MAX_CONCURRENCY=str(MAX_CONCURRENCY))
+    # The killed sender's leases come back when they expire (it no longer renews them): a short TTL
+    # here, so the replica's slots are free again within seconds.
+    stack.start_consumer(sim, LLMD_MAX_CONCURRENCY=str(MAX_CONCURRENCY), LLMD_LEASE_TTL_S="4")
     stack.start_sender()
     token = stack.token("batch")
     stack.wait_live(token)
