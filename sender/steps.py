@@ -176,10 +176,15 @@ async def relay(
         raise UpstreamBroken() from exc
     finally:
         upstream.release()
-    if event_filter is not None:
-        outcome.prompt_tokens, outcome.completion_tokens = event_filter.prompt_tokens, event_filter.completion_tokens
-    else:
-        outcome.prompt_tokens, outcome.completion_tokens = tail.usage()
+        # However the relay ended: a client that hangs up right after the last event (before vLLM's
+        # connection closed) has still been served, and its tokens are counted.
+        if event_filter is not None:
+            outcome.prompt_tokens, outcome.completion_tokens = (
+                event_filter.prompt_tokens,
+                event_filter.completion_tokens,
+            )
+        else:
+            outcome.prompt_tokens, outcome.completion_tokens = tail.usage()
 
 
 # -- record ----------------------------------------------------------------------------------------
