@@ -14,7 +14,7 @@ import orjson
 from llm_dispatcher.errors import DispatcherError, InternalError, InvalidRequestError, UpstreamError
 from sender import steps
 from sender.context import SenderContext
-from sender.requests import REQUEST_ID_HEADER, ClientGone, client_request_id, count_authorization
+from sender.requests import AUTHORIZATION, REQUEST_ID_HEADER, ClientGone, client_request_id
 from sender.steps import Outcome, UpstreamBroken
 
 log = logging.getLogger(__name__)
@@ -44,14 +44,17 @@ class RequestIdMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = scope["headers"]
+        raw_id, authorizations = None, 0
+        for k, v in scope["headers"]:  # one pass for both
+            if k == REQUEST_ID_HEADER and raw_id is None:
+                raw_id = v
+            elif k == AUTHORIZATION:
+                authorizations += 1
         request_id, refusal = None, None
-        for k, v in headers:
-            if k == REQUEST_ID_HEADER:
-                request_id = client_request_id(v)
-                if request_id is None:
-                    refusal = InvalidRequestError("X-Request-Id must be printable ASCII", param="X-Request-Id")
-                break
+        if raw_id is not None:
+            request_id = client_request_id(raw_id)
+            if request_id is None:
+                refusal = InvalidRequestError("X-Request-Id must be printable ASCII", param="X-Request-Id")
         if request_id is None:
             request_id = uuid.uuid4().hex
         scope["request_id"] = request_id
@@ -64,7 +67,7 @@ class RequestIdMiddleware:
                 message["headers"] = out
             await send(message)
 
-        if refusal is None and count_authorization(headers) > 1:
+        if refusal is None and authorizations > 1:
             refusal = InvalidRequestError("send exactly one Authorization header", param="Authorization")
         if refusal is not None:
             return await send_error(send_with_id, refusal)

@@ -30,23 +30,17 @@ class RequestHeaders:
 
 
 def read_headers(headers: list[tuple[bytes, bytes]]) -> RequestHeaders:
-    """The headers the gateway acts on, in one pass. Two Authorization headers are refused: which one
-    a component would take is ambiguous (and differed between our own routes once)."""
+    """The headers the gateway acts on, in one pass (RequestIdMiddleware has already refused a request
+    with two Authorization headers: which one a component would take is ambiguous)."""
     out = RequestHeaders()
     for k, v in headers:
         if k == AUTHORIZATION:
-            if out.authorization is not None:
-                raise InvalidRequestError("send exactly one Authorization header", param="Authorization")
             out.authorization = v.decode("latin-1")
         elif k == CONTENT_LENGTH:
             out.content_length = int(v) if v.isdigit() else None
         elif k == PRIORITY_HEADER:
             out.priority = v
     return out
-
-
-def count_authorization(headers: list[tuple[bytes, bytes]]) -> int:
-    return sum(1 for k, _ in headers if k == AUTHORIZATION)
 
 
 def client_request_id(value: bytes) -> str | None:

@@ -190,58 +190,15 @@ class BatchRunner:
 
     # -- one line ------------------------------------------------------------------------------
     async def _run_line(self, batch: BatchRecord, line: Line, token: TokenRecord | None) -> None:
-        ctx = self.ctx
         outcome = Outcome(started=time.perf_counter(), request_id=f"{batch.id}-{line.line_no}"[:64])
-        waiting = True
-        stored = False
+        answer: tuple[int, bytes] | None = None  # (status, body): the line's result, once there is one
         try:
-            payload = parse_body(line.body)
-            outcome.model = shorten(line.model)
-            outcome.token = token  # recorded in usage like any request, refused lines included
-            if token is None or not token.enabled or not token.allows(line.model) or not ctx.registry.known(line.model):
-                raise ModelNotFoundError(
-                    f"The model `{outcome.model}` does not exist or you do not have access to it.", param="model"
-                )
-            outcome.model_label = line.model
-            priority = outcome.priority = clamp_priority(
-                None, token.effective_batch_priority, self.settings.max_priority
-            )
-            admission = Admission(token=token, body=line.body, payload=payload, model=line.model, priority=priority)
-            grant = await steps.dispatch(ctx, admission, outcome, batch=True)
-            waiting = self._granted(batch.id)
-            collector = Collector()
-            await steps.relay(
-                ctx,
-                admission,
-                grant,
-                batch.endpoint,
-                b"",
-                [(b"content-type", b"application/json")],
-                collector.send,
-                outcome,
-            )
-            stored = await self.store.finish_line(
-                batch.id,
-                line.line_no,
-                self.id,
-                status_code=collector.status,
-                response=collector.body,
-                error=None,
-                request_id=outcome.request_id,
-            )
+            answer = await self._answer(batch, line, token, outcome)
         except ServiceUnavailableError:  # no replica free in time, broker away: the line waits its turn again
             outcome.fail(503, "requeued")
         except DispatcherError as exc:  # the gateway's own answer (unknown model...): the line's result
             outcome.fail(exc.status, exc.code or "error")
-            stored = await self.store.finish_line(
-                batch.id,
-                line.line_no,
-                self.id,
-                status_code=exc.status,
-                response=orjson.dumps(exc.body()),
-                error=None,
-                request_id=outcome.request_id,
-            )
+            answer = (exc.status, orjson.dumps(exc.body()))
         except asyncio.CancelledError:
             outcome.fail(499, "batch_stopped")
             raise
@@ -249,20 +206,43 @@ class BatchRunner:
             log.exception("batch line %s/%d failed", batch.id, line.line_no)
             outcome.fail(500, "internal_error")
         finally:
-            if waiting:
-                self._granted(batch.id)
+            if outcome.grant is None:
+                self._stop_waiting(batch.id)
+            stored = answer is not None and await self.store.finish_line(
+                batch.id, line.line_no, self.id, status_code=answer[0], response=answer[1], error=None,
+                request_id=outcome.request_id,
+            )  # fmt: skip
             if not stored:
                 with contextlib.suppress(Exception):
                     await self.store.give_back(batch.id, line.line_no, self.id)
             if outcome.token is not None:
-                await steps.record(ctx, "POST", batch.endpoint, outcome)
+                await steps.record(self.ctx, "POST", batch.endpoint, outcome)
+
+    async def _answer(self, batch: BatchRecord, line: Line, token: TokenRecord | None, outcome: Outcome):
+        """The line through the interactive path's steps: its checks, dispatch at the batch priority, relay."""
+        ctx = self.ctx
+        payload = parse_body(line.body)
+        outcome.model = shorten(line.model)
+        outcome.token = token  # recorded in usage like any request, refused lines included
+        if token is None or not token.enabled or not token.allows(line.model) or not ctx.registry.known(line.model):
+            raise ModelNotFoundError(
+                f"The model `{outcome.model}` does not exist or you do not have access to it.", param="model"
+            )
+        outcome.model_label = line.model
+        priority = outcome.priority = clamp_priority(None, token.effective_batch_priority, self.settings.max_priority)
+        admission = Admission(token=token, body=line.body, payload=payload, model=line.model, priority=priority)
+        grant = await steps.dispatch(ctx, admission, outcome, batch=True)
+        self._stop_waiting(batch.id)
+        collector = Collector()
+        headers = [(b"content-type", b"application/json")]
+        await steps.relay(ctx, admission, grant, batch.endpoint, b"", headers, collector.send, outcome)
+        return collector.status, collector.body
 
     def _line_done(self, key: tuple[str, int], _task: asyncio.Task) -> None:
         self._running.pop(key, None)
 
-    def _granted(self, batch_id: str) -> bool:
+    def _stop_waiting(self, batch_id: str) -> None:
         """One of the batch's lines is no longer waiting for a grant: feed the next one now, not at the
         next poll (the feed follows free capacity, not the poll interval)."""
         self._waiting[batch_id] = max(0, self._waiting.get(batch_id, 1) - 1)
         self._wakeup.set()
-        return False

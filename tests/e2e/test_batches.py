@@ -134,19 +134,24 @@ def test_unknown_and_forbidden_models_are_lines_in_the_error_file_not_a_failed_b
     assert only["response"]["status_code"] == 404  # a model this token may not use
 
 
-def test_cancel_stops_the_batch_and_keeps_what_finished(stack_factory):
+def slow_batch_under_way(stack_factory, lines: int):
+    """A one-slot slow replica and a batch of `lines` lines of which 2 are done: (stack, client, batch)."""
     s = stack_factory(batch_poll_interval_s=0.05)
     sim = s.add_sim(model=MODEL, itl_base=0.05)
     s.add_consumer(MODEL, sim, max_concurrency=1)
     token = s.create_token("t", priority=5, threshold=100)
     s.wait_models({MODEL}, token)
     c = client(s, token)
-    f = c.files.create(
-        file=("c.jsonl", io.BytesIO(jsonl([chat_line(f"r{i}", max_tokens=10) for i in range(40)]))), purpose="batch"
-    )
+    content = jsonl([chat_line(f"r{i}", max_tokens=10) for i in range(lines)])
+    f = c.files.create(file=("slow.jsonl", io.BytesIO(content)), purpose="batch")
     b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
     while c.batches.retrieve(b.id).request_counts.completed < 2:
         time.sleep(0.05)
+    return s, c, b
+
+
+def test_cancel_stops_the_batch_and_keeps_what_finished(stack_factory):
+    s, c, b = slow_batch_under_way(stack_factory, 40)
     cancelling = c.batches.cancel(b.id)
     assert cancelling.status in ("cancelling", "cancelled")
     done = wait_final(c, b.id)
@@ -265,18 +270,7 @@ def test_an_expired_batch_keeps_finished_lines_and_reports_the_rest_as_expired(s
     from llm_dispatcher.db import Store
     from llm_dispatcher.db.models import batches
 
-    s = stack_factory(batch_poll_interval_s=0.05)
-    sim = s.add_sim(model=MODEL, itl_base=0.05)
-    s.add_consumer(MODEL, sim, max_concurrency=1)
-    token = s.create_token("t", priority=5, threshold=100)
-    s.wait_models({MODEL}, token)
-    c = client(s, token)
-    f = c.files.create(
-        file=("e.jsonl", io.BytesIO(jsonl([chat_line(f"e{i}", max_tokens=10) for i in range(30)]))), purpose="batch"
-    )
-    b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
-    while c.batches.retrieve(b.id).request_counts.completed < 2:
-        time.sleep(0.05)
+    s, c, b = slow_batch_under_way(stack_factory, 30)
 
     async def window_passed() -> None:  # as if 24 hours had gone by
         async with Store(s.database_url) as store, store.engine.begin() as conn:
