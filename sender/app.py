@@ -27,8 +27,10 @@ from llm_dispatcher.errors import DispatcherError, ModelNotFoundError, UnknownUR
 from llm_dispatcher.serve import uvicorn_server
 from llm_dispatcher.settings import placeholder_credential
 from sender import proxy
+from sender.admin import add_admin_routes
 from sender.batches.api import add_batch_routes
 from sender.batches.runner import BatchRunner
+from sender.console import add_console_routes
 from sender.context import SenderContext
 from sender.dispatch import Dispatcher
 from sender.endpoint import ProxyEndpoint, RequestIdMiddleware
@@ -153,6 +155,8 @@ def create_app(settings: SenderSettings | None = None) -> FastAPI:
     add_error_handlers(app)
     add_routes(app, settings, holder)
     add_batch_routes(app, lambda: holder["ctx"])
+    add_admin_routes(app, lambda: holder["ctx"])
+    add_console_routes(app, lambda: holder["ctx"])
 
     def ctx() -> SenderContext:
         return holder["ctx"]
