@@ -699,3 +699,17 @@ def test_the_ingress_never_routes_to_the_metrics_port(chart: Any, value_set: str
 def test_a_metrics_port_equal_to_the_api_port_is_refused(chart: Any) -> None:
     with pytest.raises(helm.HelmError, match=r"sender.metricsPort must differ from sender.port"):
         chart.render(values={"sender": {"port": 9464}}, name=RELEASE, namespace=NAMESPACE)
+
+
+def _snake(key: str) -> str:
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", key).lower()
+
+
+def test_every_sender_setting_in_the_values_defaults_to_the_apps_own_default(chart: Any) -> None:
+    settings = chart.values["sender"]["settings"]
+    schema = chart.schema["properties"]["sender"]["properties"]["settings"]["properties"]
+    assert settings.keys() <= schema.keys(), "every setting in values.yaml is in the schema"
+    assert {"batchRunner", "batchMaxWaiting", "batchPollIntervalS"} <= settings.keys()
+    for key, value in settings.items():
+        field = SenderSettings.model_fields[_snake(key)]
+        assert value == field.default, f"{key}: the chart says {value!r}, the sender {field.default!r}"
