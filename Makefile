@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast test-unit test-real-vllm lint bench services real-vllm real-vllm-stop clean
+.PHONY: run test test-fast test-unit test-real-vllm lint bench services browser real-vllm real-vllm-stop clean
 
 REAL_VLLM_PORT ?= 18000
 
@@ -18,14 +18,18 @@ $(STAMP): pyproject.toml
 services:
 	bash scripts/ensure-services.sh
 
+# Debian's chromium for the console's browser tests (tests/browser): installed once, when missing.
+browser:
+	bash scripts/ensure-chromium.sh
+
 run: $(STAMP) services
 	$(BIN)/llm-dispatcher dev
 
-test: $(STAMP) services
+test: $(STAMP) services browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Every tier except real vLLM (tests/real_vllm's engine half installs and starts a real vLLM on CPU: minutes).
-test-fast: $(STAMP) services
+test-fast: $(STAMP) services browser
 	$(BIN)/python -m pytest -m 'not real_vllm' $(PYTEST_ARGS)
 
 # The unit tier alone (tests/unit: pure logic, no service needed): seconds.

@@ -23,7 +23,7 @@ pytest_plugins = [
 ]
 
 TESTS = Path(__file__).resolve().parent
-TIERS = ("unit", "integration", "e2e", "sim", "real_vllm", "chart")
+TIERS = ("unit", "integration", "e2e", "sim", "real_vllm", "chart", "browser")
 
 
 def tier_of(path: Path) -> str | None:
