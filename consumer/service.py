@@ -384,6 +384,8 @@ class Consumer:
             running=s.running if s else None,
             waiting=s.waiting if s else None,
             kv_cache_usage=s.kv_cache_usage if s else None,
+            tokens_per_second=self.watcher.tokens_per_second,
+            admission=self.decide().reason.value,
             control=self._control_name,
             epoch=self._epoch,
         )

@@ -2,10 +2,14 @@
 
 DispatcherError                      (status, type, code)
 ├── AuthenticationError              401 invalid_api_key
+├── PermissionDeniedError            403 permission_denied (a valid token without the right for this route)
 ├── InvalidRequestError              400 invalid_request_error
 │   ├── PayloadTooLargeError         413 request_too_large
-│   └── RequestTimeoutError          408 request_timeout (the body did not arrive in time)
+│   ├── RequestTimeoutError          408 request_timeout (the body did not arrive in time)
+│   ├── ConflictError                400 (a change the object's state does not allow)
+│   └── AlreadyExistsError           409 already_exists (a name already taken)
 ├── UnknownURLError                  404 unknown_url (a path the gateway does not forward)
+├── NotFoundError                    404 not_found (an object of the API: a token, a file, a batch)
 ├── ModelNotFoundError               404 model_not_found
 ├── OverThresholdError               429 queue_over_threshold (+ Retry-After)
 ├── ServiceUnavailableError          503 (+ Retry-After)
@@ -47,6 +51,12 @@ class AuthenticationError(DispatcherError):
     code = "invalid_api_key"
 
 
+class PermissionDeniedError(DispatcherError):
+    status = 403
+    type = "invalid_request_error"
+    code = "permission_denied"
+
+
 class InvalidRequestError(DispatcherError):
     status = 400
     type = "invalid_request_error"
@@ -77,6 +87,11 @@ class NotFoundError(DispatcherError):
 
 class ConflictError(InvalidRequestError):
     pass
+
+
+class AlreadyExistsError(InvalidRequestError):
+    status = 409
+    code = "already_exists"
 
 
 class ModelNotFoundError(DispatcherError):

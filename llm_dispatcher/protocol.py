@@ -22,7 +22,8 @@ upgrade, so every message must be readable by the release before and the release
 - A body that is not a JSON object, lacks a required field or has a field of the wrong JSON type
   raises `MalformedMessage` (a ValueError) from `loads`; nothing else escapes it.
 
-History: 0 = unversioned; 1 = `v` added, every message read tolerantly (fields as below).
+History: 0 = unversioned; 1 = `v` added, every message read tolerantly; 2 = Heartbeat gains
+`tokens_per_second` and `admission` (for the operator's live view; senders of version 1 ignore them).
 Version 0 readers refused unknown fields in every message but Heartbeat, `v` included: upgrading a
 deployment from version 0 replaces all senders and consumers together (not rolling); from version 1
 on, upgrades roll.
@@ -41,7 +42,7 @@ import orjson
 
 DEFAULT_PREFIX = "llmd"
 MAX_PRIORITY = 10
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 UNVERSIONED = 0  # the `v` of a message whose writer predates versioning
 
 
@@ -232,6 +233,8 @@ class Heartbeat(_Message):
     running: float | None = None
     waiting: float | None = None
     kv_cache_usage: float | None = None
+    tokens_per_second: float | None = None  # vLLM's generation throughput (None: not measured yet)
+    admission: str = ""  # the consumer's admission decision now (consumer.policy.Reason; "": not said)
     # The consumer's control queue and its connection epoch (bumped on every broker reconnect): a
     # sender that sees a new epoch renews at once every lease it holds there, so the consumer can
     # reclaim the leases nobody claims (their release was lost with the broker) within seconds.

@@ -38,6 +38,7 @@ from sender.metrics import SenderMetrics
 from sender.registry import Registry
 from sender.routes import ForwardPaths
 from sender.settings import SenderSettings
+from sender.steps import inference_token
 
 log = logging.getLogger(__name__)
 
@@ -193,12 +194,12 @@ def add_routes(app: FastAPI, settings: SenderSettings, holder: dict[str, SenderC
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> Response:
-        await ctx().tokens.authenticate(request.headers.get("authorization"))
+        await inference_token(ctx(), request.headers.get("authorization"))
         return JSONBytes({"object": "list", "data": ctx().registry.models()})
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str, request: Request) -> Response:
-        token = await ctx().tokens.authenticate(request.headers.get("authorization"))
+        token = await inference_token(ctx(), request.headers.get("authorization"))
         for m in ctx().registry.models():
             if m["id"] == model_id and token.allows(model_id):
                 return JSONBytes(m)

@@ -14,6 +14,7 @@ import orjson
 from llm_dispatcher.errors import DispatcherError, InternalError, InvalidRequestError, UpstreamError
 from sender import steps
 from sender.context import SenderContext
+from sender.refusals import NO_MODEL
 from sender.requests import AUTHORIZATION, REQUEST_ID_HEADER, ClientGone, client_request_id
 from sender.steps import Outcome, UpstreamBroken
 
@@ -104,8 +105,10 @@ class ProxyEndpoint:
             )
         except DispatcherError as exc:
             outcome.fail(exc.status, exc.code or "error")
-            if not isinstance(exc, UpstreamError) and outcome.model:
-                ctx.metrics.refusals.labels(outcome.model_label, outcome.reason).inc()
+            if not isinstance(exc, UpstreamError):
+                ctx.metrics.recent_refusals.add(outcome.model_label if outcome.model else NO_MODEL, outcome.reason)
+                if outcome.model:
+                    ctx.metrics.refusals.labels(outcome.model_label, outcome.reason).inc()
             with contextlib.suppress(Exception):
                 await send_error(send, exc)
         except ClientGone:

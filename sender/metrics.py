@@ -7,6 +7,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from llm_dispatcher.metrics import CounterFunction, new_registry
+from sender.refusals import RefusalCounter
 
 # The `model` label of requests whose model is not known (never the client's string: bounded labels).
 OTHER_MODEL = "(other)"
@@ -70,6 +71,8 @@ class SenderMetrics:
             "llmd_releases_dropped", "Lease releases not kept for resending (too many pending)", registry=r
         )
         self.usage_pending = Gauge("llmd_usage_records_pending", "Usage records waiting to be written", registry=r)
+        # The same refusals over the last minutes, by reason, for the admin API (not exported).
+        self.recent_refusals = RefusalCounter()
 
     def count(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """Export a running total kept by another object (the usage writer, the token cache)."""

@@ -45,6 +45,16 @@ class Registry:
         now = self._clock()
         return [r.heartbeat for r in self._replicas.values() if self._fresh(r, now)]
 
+    def seen(self) -> list[tuple[Heartbeat, float]]:
+        """Every replica heard from within its freshness window, ready or not, with the seconds since
+        its last heartbeat (for the admin API's live view)."""
+        now = self._clock()
+        return [(r.heartbeat, now - r.seen_at) for r in self._replicas.values() if self._fresh(r, now)]
+
+    def model_names(self) -> list[str]:
+        """Every model configured or seen since the start, live or not."""
+        return sorted(self._first_seen)
+
     def known(self, model: str) -> bool:
         return model in self._first_seen
 

@@ -1,7 +1,7 @@
 """The steps of one dispatched request, each reusable on its own (a batch line, a per-key limit or a
 fairness stage calls the ones it needs):
 
-    admit     auth → body → model → threshold (pure apart from the token lookup and the depth read)
+    admit     auth and rights → body → model → threshold (pure apart from the token lookup and the depth read)
     dispatch  ticket → grant (the wait in the model's priority queue)
     relay     the request to the granted replica, its answer relayed as it arrives
     record    release, metrics, access log, usage — whatever happened before
@@ -22,6 +22,7 @@ from llm_dispatcher.errors import (
     ModelNotFoundError,
     NoReplicaError,
     OverThresholdError,
+    PermissionDeniedError,
     UpstreamError,
     shorten,
 )
@@ -73,13 +74,24 @@ class Admission:
 
 
 # -- admit -----------------------------------------------------------------------------------------
+NO_INFERENCE_MESSAGE = "This API key may not call the inference API (it has no inference rights)."
+
+
+async def inference_token(ctx: SenderContext, authorization: str | None) -> TokenRecord:
+    """The token of a /v1 call: authenticated (401) and allowed to use the inference API (403)."""
+    token = await ctx.tokens.authenticate(authorization)
+    if not token.inference:
+        raise PermissionDeniedError(NO_INFERENCE_MESSAGE)
+    return token
+
+
 async def admit(ctx: SenderContext, scope, receive, outcome: Outcome) -> Admission:
     """The token, the body and the model, checked; the priority clamped; the threshold applied to the
     model queue's real depth, less this sender's own batch lines. Raises a DispatcherError
     (the OpenAI error to answer) or ClientGone."""
     settings = ctx.settings
     headers = read_headers(scope["headers"])
-    token = outcome.token = await ctx.tokens.authenticate(headers.authorization)
+    token = outcome.token = await inference_token(ctx, headers.authorization)
     body = await read_body(receive, settings.max_body_bytes, headers.content_length, settings.body_read_timeout_s)
     payload = parse_body(body)
     model = payload["model"]

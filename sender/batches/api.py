@@ -20,6 +20,7 @@ from llm_dispatcher.errors import (
 from sender.batches.input import COMPLETION_WINDOWS, ENDPOINTS, check_input
 from sender.batches.objects import batch_object, file_object, page
 from sender.context import SenderContext
+from sender.steps import inference_token
 
 FILE_PURPOSES = ("batch",)
 MAX_PAGE = 100
@@ -55,7 +56,7 @@ def add_batch_routes(app: FastAPI, get_ctx: Callable[[], SenderContext]) -> None
 
 def _owner(get_ctx: Callable[[], SenderContext]) -> Callable[[Request], Awaitable[TokenRecord]]:
     async def owner(request: Request) -> TokenRecord:
-        return await get_ctx().tokens.authenticate(request.headers.get("authorization"))
+        return await inference_token(get_ctx(), request.headers.get("authorization"))
 
     return owner
 

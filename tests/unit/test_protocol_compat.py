@@ -66,6 +66,8 @@ DEFAULTS: dict[type, dict[str, Any]] = {
         "running": None,
         "waiting": None,
         "kv_cache_usage": None,
+        "tokens_per_second": None,
+        "admission": "",
         "control": "",
         "epoch": 0,
     },
