@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,25 +20,19 @@ from llm_dispatcher.db import (
     TokenNotFoundError,
     TokenRecord,
 )
-from llm_dispatcher.db.tokens import parse_datetime
+from llm_dispatcher.db.tokens import token_json, token_status
 from llm_dispatcher.db.tokens_file import load_tokens_file, parse_tokens
 from llm_dispatcher.db_cli import EXIT_UNAVAILABLE, add_database_option, database_url, fail
-
-_DURATION = re.compile(r"(\d+)\s*([smhdw])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+from llm_dispatcher.timespec import parse_datetime
+from llm_dispatcher.timespec import parse_duration as _parse_duration
 
 
 def parse_duration(text: str) -> timedelta:
-    """`30d`, `12h`, `1w2d`, `90m`, `45s`."""
-    compact = text.strip().lower()
-    if not compact or _DURATION.sub("", compact).strip():
-        raise argparse.ArgumentTypeError(f"not a duration like 30d, 12h or 1w2d: {text!r}")
-    total = timedelta()
-    for amount, unit in _DURATION.findall(compact):
-        total += timedelta(**{_UNITS[unit]: int(amount)})
-    if total <= timedelta():
-        raise argparse.ArgumentTypeError("duration must be positive")
-    return total
+    """`30d`, `12h`, `1w2d`, `90m`, `45s` (llm_dispatcher.timespec), as an argparse type."""
+    try:
+        return _parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _iso(text: str) -> datetime:
@@ -79,10 +72,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     create = action("create", "create a token and print its value (shown only this once)")
     create.add_argument("name", help="unique name: letters, digits and ._@:+-")
-    create.add_argument("--priority", type=_non_negative, required=True, help="queue priority (higher first)")
     create.add_argument(
-        "--threshold", type=_non_negative, required=True, help="refuse (429) when the model queue holds this many"
+        "--priority", type=_non_negative, help="queue priority (higher first); required unless --admin alone"
     )
+    create.add_argument(
+        "--threshold",
+        type=_non_negative,
+        help="refuse (429) when the model queue holds this many; required unless --admin alone",
+    )
+    create.add_argument(
+        "--admin",
+        action="store_true",
+        help="may use the admin API and the console; without --inference it cannot call /v1",
+    )
+    create.add_argument("--inference", action="store_true", help="with --admin: may call /v1 as well")
     create.add_argument(
         "--batch-priority", type=_non_negative, help="priority of its batch lines (default: --priority; never above it)"
     )
@@ -107,6 +110,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     expiry = _add_expiry(update)
     expiry.add_argument("--no-expiry", action="store_true", help="never expire")
     update.add_argument("--enable", action="store_true", help="re-enable a revoked token")
+    update.add_argument(
+        "--admin", action=argparse.BooleanOptionalAction, help="grant (--admin) or withdraw (--no-admin) admin rights"
+    )
+    update.add_argument(
+        "--inference", action=argparse.BooleanOptionalAction, help="allow (--inference) or refuse /v1 calls"
+    )
 
     revoke = action("revoke", "disable a token (takes effect within the auth cache TTL)")
     revoke.add_argument("name")
@@ -166,6 +175,8 @@ async def _create(store: Store, args: argparse.Namespace) -> int:
         expires_at=_expiry(args),
         token=token,
         batch_priority=args.batch_priority,
+        admin=args.admin,
+        inference=args.inference or not args.admin,
     )
     if args.quiet:
         print(plaintext)
@@ -180,20 +191,21 @@ async def _create(store: Store, args: argparse.Namespace) -> int:
 async def _list(store: Store, args: argparse.Namespace) -> int:
     records = await store.list_tokens()
     if args.json:
-        print(json.dumps([_as_json(r) for r in records], indent=2))
+        print(json.dumps([token_json(r) for r in records], indent=2))
         return 0
     if not records:
         print("no tokens", file=sys.stderr)
         return 0
-    header = ("NAME", "PRIORITY", "THRESHOLD", "MODELS", "EXPIRES", "STATUS")
+    header = ("NAME", "PRIORITY", "THRESHOLD", "MODELS", "ROLES", "EXPIRES", "STATUS")
     table = [header] + [
         (
             r.name,
             str(r.priority),
             str(r.threshold),
             ",".join(r.allowed_models) if r.allowed_models is not None else "*",
+            _roles(r),
             _time(r.expires_at) if r.expires_at else "never",
-            _status(r),
+            token_status(r),
         )
         for r in records
     ]
@@ -223,6 +235,9 @@ async def _update(store: Store, args: argparse.Namespace) -> int:
         changes["batch_priority"] = None
     if args.enable:
         changes["enabled"] = True
+    for role in ("admin", "inference"):
+        if getattr(args, role) is not None:
+            changes[role] = getattr(args, role)
     if not changes:
         return fail("nothing to update: give at least one option (see --help)")
     record = await store.update_token(args.name, **changes)
@@ -246,28 +261,13 @@ def _time(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _status(r: TokenRecord) -> str:
-    if not r.enabled:
-        return "revoked"
-    return "expired" if r.is_expired() else "active"
+def _roles(r: TokenRecord) -> str:
+    return ",".join(role for role, has in (("inference", r.inference), ("admin", r.admin)) if has) or "none"
 
 
 def _describe(r: TokenRecord) -> str:
     models = ", ".join(r.allowed_models) if r.allowed_models is not None else "all models"
     expiry = f"expires {_time(r.expires_at)}" if r.expires_at else "no expiry"
     batch = "" if r.batch_priority is None else f", batch priority {r.effective_batch_priority}"
-    return f"priority {r.priority}{batch}, threshold {r.threshold}, {models}, {expiry}, {_status(r)}"
-
-
-def _as_json(r: TokenRecord) -> dict[str, Any]:
-    return {
-        "id": r.id,
-        "name": r.name,
-        "priority": r.priority,
-        "threshold": r.threshold,
-        "batch_priority": r.batch_priority,
-        "allowed_models": list(r.allowed_models) if r.allowed_models is not None else None,
-        "expires_at": _time(r.expires_at) if r.expires_at else None,
-        "enabled": r.enabled,
-        "status": _status(r),
-    }
+    roles = f"roles {_roles(r)}"
+    return f"priority {r.priority}{batch}, threshold {r.threshold}, {models}, {expiry}, {roles}, {token_status(r)}"

@@ -46,6 +46,9 @@ tokens = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Column("batch_priority", sa.Integer, nullable=True),  # NULL: batch lines run at `priority`
+    # roles: the admin API and console; the /v1 API (an admin-only token gets 403 there)
+    sa.Column("admin", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("inference", sa.Boolean, nullable=False, server_default=sa.true()),
     mysql_charset="utf8mb4",
     mysql_engine="InnoDB",
 )
@@ -67,6 +70,9 @@ usage = sa.Table(
     sa.Column("ttfb_s", sa.Double, nullable=True),
     sa.Column("total_s", sa.Double, nullable=False),
     sa.Column("request_id", sa.String(REQUEST_ID_LEN), nullable=False),
+    # the usage reports: one token's or one model's rows of a time range (migration 0003)
+    sa.Index("ix_usage_token_name_created_at", "token_name", "created_at"),
+    sa.Index("ix_usage_model_created_at", "model", "created_at"),
     mysql_charset="utf8mb4",
     mysql_engine="InnoDB",
 )
@@ -175,6 +181,9 @@ class TokenRecord:
     expires_at: datetime | None
     enabled: bool
     batch_priority: int | None = None  # the priority of its batch lines (None: `priority`)
+    admin: bool = False  # may call the admin API and sign in to the console
+    inference: bool = True  # may call the /v1 API
+    created_at: datetime | None = dataclasses.field(default=None, compare=False)  # informational
 
     def allows(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models

@@ -12,7 +12,7 @@ import logging
 import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from llm_dispatcher.db.engine import Database
 from llm_dispatcher.db.errors import DuplicateTokenError, TokenNotFoundError
 from llm_dispatcher.db.models import MODEL_LEN, NAME_LEN, TokenRecord, from_db_time, to_db_time, tokens, utcnow
+from llm_dispatcher.timespec import parse_datetime
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,9 @@ def _validate_int(value: Any, what: str) -> int:
     return value
 
 
-def _validate_enabled(value: Any) -> bool:
+def _validate_bool(value: Any, what: str) -> bool:
     if not isinstance(value, bool):
-        raise ValueError("enabled must be true or false")
+        raise ValueError(f"{what} must be true or false")
     return value
 
 
@@ -103,19 +104,6 @@ def normalise_models(models: Iterable[str] | str | None) -> tuple[str, ...] | No
     return tuple(out)
 
 
-def parse_datetime(value: datetime | date | str | None) -> datetime | None:
-    """ISO 8601 (a trailing Z is fine), a datetime or a date (midnight); naive values are taken as UTC."""
-    if value is None or isinstance(value, datetime):
-        return from_db_time(to_db_time(value))
-    if isinstance(value, date):  # YAML turns `2030-01-01` into a date
-        return datetime.combine(value, time(), tzinfo=UTC)
-    try:
-        parsed = datetime.fromisoformat(value.strip())
-    except (AttributeError, ValueError) as exc:
-        raise ValueError(f"not an ISO 8601 date-time: {value!r}") from exc
-    return from_db_time(to_db_time(parsed))
-
-
 def _models_to_db(models: Iterable[str] | str | None) -> str | None:
     normalised = normalise_models(models)
     return None if normalised is None else json.dumps(list(normalised))
@@ -134,31 +122,38 @@ _COLUMNS: Final[dict[str, Callable[[Any], Any]]] = {
     "threshold": lambda value: _validate_int(value, "threshold"),
     "allowed_models": _models_to_db,
     "expires_at": lambda value: to_db_time(parse_datetime(value)),
-    "enabled": _validate_enabled,
+    "enabled": lambda value: _validate_bool(value, "enabled"),
     "batch_priority": lambda value: None if value is None else _validate_int(value, "batch_priority"),
+    "admin": lambda value: _validate_bool(value, "admin"),
+    "inference": lambda value: _validate_bool(value, "inference"),
 }
 TOKEN_FIELDS: Final = frozenset(_COLUMNS)
 # What a whole token left out means (an import sets these, so removing them from a seed file clears them).
-# `enabled` has none: left out, a new token is enabled and a stored one keeps its flag.
+# `enabled`, `admin` and `inference` have none: left out, a new token is enabled, with inference and
+# without admin rights (the columns' defaults), and a stored one keeps its flags.
 _WHOLE_TOKEN_DEFAULTS: Final = {"allowed_models": None, "expires_at": None}
+_BOOL_COLUMNS: Final = ("enabled", "admin", "inference")
 
 
 def token_columns(fields: Mapping[str, Any], *, partial: bool = False) -> dict[str, Any]:
     """The one validation of a token's fields, shared by create, update and import: the column
-    values of `{name, token | token_hash, priority, threshold, allowed_models?, expires_at?, enabled?}`.
-    A whole token needs the name, exactly one of `token` (plaintext) or `token_hash` (sha256 hex),
-    priority and threshold, and means every model and no expiry when those are left out; `partial`
-    (an update) checks and returns only the fields given. ValueError otherwise."""
+    values of `{name, token | token_hash, priority, threshold, allowed_models?, expires_at?, enabled?,
+    batch_priority?, admin?, inference?}`. A whole token needs the name, exactly one of `token`
+    (plaintext) or `token_hash` (sha256 hex), and priority and threshold unless it has no inference
+    rights (then they default to 0); left out, it means every model and no expiry. `partial` (an
+    update) checks and returns only the fields given. ValueError otherwise."""
     if unknown := sorted(set(fields) - TOKEN_FIELDS):
         raise ValueError(f"unknown keys {unknown}")
     if not partial:
         validate_name(fields.get("name"))  # type: ignore[arg-type]
         if ("token" in fields) == ("token_hash" in fields):
             raise ValueError("give exactly one of 'token' (plaintext) or 'token_hash' (sha256 hex)")
+        fields = {**_WHOLE_TOKEN_DEFAULTS, **fields}
         for required in ("priority", "threshold"):
             if required not in fields:
-                raise ValueError(f"missing {required!r}")
-        fields = {**_WHOLE_TOKEN_DEFAULTS, **fields}
+                if fields.get("inference", True) is not False:
+                    raise ValueError(f"missing {required!r} (only a token without inference rights may leave it out)")
+                fields[required] = 0
     return {("token_hash" if k == "token" else k): _COLUMNS[k](v) for k, v in fields.items()}
 
 
@@ -172,12 +167,44 @@ def _record(row: sa.Row) -> TokenRecord:
         expires_at=from_db_time(row.expires_at),
         enabled=bool(row.enabled),
         batch_priority=row.batch_priority,
+        admin=bool(row.admin),
+        inference=bool(row.inference),
+        created_at=from_db_time(row.created_at),
     )
+
+
+def token_status(record: TokenRecord, now: datetime | None = None) -> str:
+    """`revoked` (disabled), `expired` or `active`."""
+    if not record.enabled:
+        return "revoked"
+    return "expired" if record.is_expired(now) else "active"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def token_json(record: TokenRecord, now: datetime | None = None) -> dict[str, Any]:
+    """A token as the CLI's `--json` and the admin API show it (never its value or hash)."""
+    return {
+        "id": record.id,
+        "name": record.name,
+        "priority": record.priority,
+        "threshold": record.threshold,
+        "batch_priority": record.batch_priority,
+        "allowed_models": None if record.allowed_models is None else list(record.allowed_models),
+        "expires_at": _iso(record.expires_at),
+        "enabled": record.enabled,
+        "admin": record.admin,
+        "inference": record.inference,
+        "status": token_status(record, now),
+        "created_at": _iso(record.created_at),
+    }
 
 
 def _stored(row: sa.Row, key: str) -> Any:
     value = getattr(row, key)
-    if key == "enabled":
+    if key in _BOOL_COLUMNS:
         return bool(value)
     if key == "expires_at" and value is not None and value.tzinfo is not None:
         return to_db_time(value)
@@ -201,28 +228,31 @@ class TokenStore(Database):
         self,
         name: str,
         *,
-        priority: int,
-        threshold: int,
+        priority: int | None = None,
+        threshold: int | None = None,
         allowed_models: Iterable[str] | str | None = None,
         expires_at: datetime | date | str | None = None,
         token: str | None = None,
         batch_priority: int | None = None,
+        admin: bool = False,
+        inference: bool = True,
     ) -> tuple[TokenRecord, str]:
         """Returns the record and the plaintext, which is not stored anywhere and cannot be shown
-        again. `token=` registers a given plaintext instead of generating one."""
+        again. `token=` registers a given plaintext instead of generating one. Priority and
+        threshold may be left out only for a token without inference rights (they are 0 then)."""
         plaintext = generate_token() if token is None else token
-        values = token_columns(
-            {
-                "name": name,
-                "token": plaintext,
-                "priority": priority,
-                "threshold": threshold,
-                "allowed_models": allowed_models,
-                "expires_at": expires_at,
-                "enabled": True,
-                "batch_priority": batch_priority,
-            }
-        )
+        fields: dict[str, Any] = {
+            "name": name,
+            "token": plaintext,
+            "allowed_models": allowed_models,
+            "expires_at": expires_at,
+            "enabled": True,
+            "batch_priority": batch_priority,
+            "admin": admin,
+            "inference": inference,
+        }
+        fields.update({k: v for k, v in (("priority", priority), ("threshold", threshold)) if v is not None})
+        values = token_columns(fields)
         now = to_db_time(utcnow())
         try:
             async with self._begin("create a token") as conn:
@@ -231,7 +261,14 @@ class TokenStore(Database):
                 row = (await conn.execute(tokens.select().where(tokens.c.name == name))).one()
         except sa.exc.IntegrityError as exc:  # lost a race against a concurrent create
             raise DuplicateTokenError(f"a token named {name!r} or with this value already exists") from exc
-        log.info("created token %s (priority %s, threshold %s)", name, priority, threshold)
+        log.info(
+            "created token %s (priority %s, threshold %s, admin %s, inference %s)",
+            name,
+            values["priority"],
+            values["threshold"],
+            admin,
+            inference,
+        )
         return _record(row), plaintext
 
     @staticmethod
@@ -269,9 +306,16 @@ class TokenStore(Database):
             raise TokenNotFoundError(f"no token named {name!r}")
         return _record(row)
 
-    async def list_tokens(self) -> list[TokenRecord]:
+    async def list_tokens(self, *, after: str | None = None, limit: int | None = None) -> list[TokenRecord]:
+        """By name; `after` continues past that name, `limit` caps the page (ask for one more than
+        you show to know whether there is a next page)."""
+        query = tokens.select().order_by(tokens.c.name)
+        if after is not None:
+            query = query.where(tokens.c.name > after)
+        if limit is not None:
+            query = query.limit(_validate_int(limit, "limit"))
         async with self._begin("list tokens") as conn:
-            rows = (await conn.execute(tokens.select().order_by(tokens.c.name))).all()
+            rows = (await conn.execute(query)).all()
         return [_record(r) for r in rows]
 
     async def update_token(
@@ -284,12 +328,19 @@ class TokenStore(Database):
         expires_at: datetime | str | _Unset | None = UNSET,
         enabled: bool | None = None,
         batch_priority: int | _Unset | None = UNSET,
+        admin: bool | None = None,
+        inference: bool | None = None,
     ) -> TokenRecord:
         """Only the given fields change. `allowed_models=None` allows every model, `expires_at=None`
         removes the expiry; leave them out to keep them."""
-        changes: dict[str, Any] = {
-            k: v for k, v in (("priority", priority), ("threshold", threshold), ("enabled", enabled)) if v is not None
-        }
+        given = (
+            ("priority", priority),
+            ("threshold", threshold),
+            ("enabled", enabled),
+            ("admin", admin),
+            ("inference", inference),
+        )
+        changes: dict[str, Any] = {k: v for k, v in given if v is not None}
         for k, v in (
             ("allowed_models", allowed_models),
             ("expires_at", expires_at),
@@ -313,9 +364,11 @@ class TokenStore(Database):
 
     async def import_tokens(self, items: Sequence[Mapping[str, Any]]) -> int:
         """Upsert by name, in one transaction: `{name, token | token_hash, priority, threshold,
-        allowed_models?, expires_at?, enabled?}`. A missing `enabled` keeps the stored flag (a token
-        revoked by hand stays revoked when the same seed list is imported again at the next start).
-        Returns how many tokens were created or changed; importing the same list again returns 0."""
+        allowed_models?, expires_at?, enabled?, batch_priority?, admin?, inference?}`. A missing
+        `enabled` keeps the stored flag (a token revoked by hand stays revoked when the same seed list
+        is imported again at the next start); so do missing `admin` and `inference` (withdraw a role
+        with an explicit false). Returns how many tokens were created or changed; importing the same
+        list again returns 0."""
         wanted = [_import_columns(i, item) for i, item in enumerate(items)]
         names = [w["name"] for w in wanted]
         if len(set(names)) != len(names):
@@ -356,7 +409,7 @@ class TokenStore(Database):
                     raise DuplicateTokenError(f"the token of {w['name']!r} is already registered as {owner!r}")
                 row = existing.get(w["name"])
                 if row is None:
-                    w.setdefault("enabled", True)
+                    w = {"enabled": True, "admin": False, "inference": True, **w}
                     await conn.execute(tokens.insert().values(**w, created_at=now, updated_at=now))
                     changed += 1
                     continue

@@ -96,7 +96,10 @@ def test_list_shows_settings_but_never_secrets(run_cli, sqlite_url: str) -> None
         "allowed_models": ["m1"],
         "expires_at": None,
         "enabled": False,
+        "admin": False,
+        "inference": True,
         "status": "revoked",
+        "created_at": items["bob"]["created_at"],
     }
     for output in (table, as_json):
         assert token not in output and row.token_hash not in output and "sk-llmd-" not in output
