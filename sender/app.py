@@ -89,10 +89,7 @@ async def running_context(settings: SenderSettings) -> AsyncIterator[SenderConte
     store = Store(settings.database_url.get_secret_value())
     if settings.auto_migrate:
         await store.migrate()
-    if settings.tokens_file:
-        seeded = load_tokens_file(settings.tokens_file)
-        refuse_placeholder_tokens(seeded, settings)
-        await store.import_tokens(seeded)
+    await seed_tokens(store, settings)
     dispatcher = await Dispatcher.create(settings, registry, metrics)
     usage = UsageWriter(store, flush_interval_s=settings.usage_flush_interval_s)
     usage.start()
@@ -221,6 +218,18 @@ def add_routes(app: FastAPI, settings: SenderSettings, holder: dict[str, SenderC
 
 async def _taken_by_the_middleware() -> Response:  # pragma: no cover - RequestIdMiddleware proxies these
     raise AssertionError("forwarded paths are proxied before the router")
+
+
+async def seed_tokens(store: Store, settings: SenderSettings) -> None:
+    """The tokens the deployment brings (LLMD_TOKENS_FILE, LLMD_ADMIN_TOKEN), upserted by name. A token
+    revoked in the store stays revoked: an import leaves `enabled` as it is."""
+    seeded = load_tokens_file(settings.tokens_file) if settings.tokens_file else []
+    if settings.admin_token is not None:
+        admin = {"name": settings.admin_token_name, "token": settings.admin_token.get_secret_value()}
+        seeded.append({**admin, "admin": True, "inference": False})
+    if seeded:
+        refuse_placeholder_tokens(seeded, settings)
+        await store.import_tokens(seeded)
 
 
 def refuse_placeholder_tokens(tokens: list[dict], settings: SenderSettings) -> None:

@@ -59,6 +59,21 @@ class SenderSettings(CommonSettings):
     )
     batch_poll_interval_s: float = Field(0.5, gt=0, description="How often the runner looks for batch work")
     shutdown_grace_s: float = Field(30.0, ge=0, description="How long in-flight streams may finish at shutdown")
+    admin_token: SecretStr | None = Field(
+        None,
+        description="An admin token (its plaintext) upserted at start as LLMD_ADMIN_TOKEN_NAME, admin role, no "
+        "inference rights: the first key of the admin API and the console (the chart takes it from a Secret)",
+    )
+    admin_token_name: str = Field("admin", description="The name LLMD_ADMIN_TOKEN gets in the token store")
+    console_secret: SecretStr | None = Field(
+        None,
+        description="Key that signs the web console's session cookies (unset: a random key per process, so "
+        "sessions last until the sender restarts and work only on the sender that issued them; set it when "
+        "several senders serve the console)",
+    )
+    console_session_s: float = Field(
+        8 * 3600.0, gt=0, description="How long a console sign-in lasts before signing in again"
+    )
 
     @field_validator("forward_paths")
     @classmethod

@@ -688,8 +688,8 @@ def test_the_ingress_never_routes_to_the_metrics_port(chart: Any, value_set: str
             },
         },
     )
-    (ingress,) = of_kind(docs, "Ingress")
-    backends = [p["backend"]["service"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]]
+    ingresses = of_kind(docs, "Ingress")
+    backends = [p["backend"]["service"] for i in ingresses for r in i["spec"]["rules"] for p in r["http"]["paths"]]
     assert backends and all(b["port"] == {"name": "http"} for b in backends)
     service = _sender_objects(docs, "Service")
     (http,) = [p for p in service["spec"]["ports"] if p["name"] == "http"]
@@ -713,3 +713,46 @@ def test_every_sender_setting_in_the_values_defaults_to_the_apps_own_default(cha
     for key, value in settings.items():
         field = SenderSettings.model_fields[_snake(key)]
         assert value == field.default, f"{key}: the chart says {value!r}, the sender {field.default!r}"
+
+
+# -------------------------------------------------------------------------- admin API and console
+
+
+def _ingress_paths(docs: list[dict[str, Any]]) -> dict[str, set[str]]:
+    return {
+        d["metadata"]["name"]: {p["path"] for r in d["spec"]["rules"] for p in r["http"]["paths"]}
+        for d in of_kind(docs, "Ingress")
+    }
+
+
+def test_the_admin_api_and_console_are_off_every_ingress_by_default(chart: Any) -> None:
+    paths = _ingress_paths(render(chart, {"ingress": {"enabled": True}}))
+    assert list(paths.values()) == [{"/v1"}]
+
+
+def test_the_console_ingress_routes_only_the_admin_api_and_console_on_its_own_host(chart: Any) -> None:
+    docs = render(chart, VALUE_SETS["console-on"])
+    paths = _ingress_paths(docs)
+    (console,) = [d for d in of_kind(docs, "Ingress") if d["metadata"]["name"].endswith("-console")]
+    assert paths[console["metadata"]["name"]] == {"/admin", "/console"}
+    assert console["spec"]["rules"][0]["host"] == "llm-admin.internal.example.com"
+    assert console["spec"]["ingressClassName"] == "internal-nginx"
+    public = [ps for name, ps in paths.items() if name != console["metadata"]["name"]]
+    assert public == [{"/v1"}], "the public Ingress still routes inference alone"
+
+
+def test_the_first_admin_token_and_the_session_key_come_from_secrets(chart: Any) -> None:
+    env = env_of(sender_container(render(chart, VALUE_SETS["console-on"])))
+    assert env["LLMD_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "llm-admin-token", "key": "token"}
+    assert env["LLMD_ADMIN_TOKEN_NAME"]["value"] == "platform-admin"
+    assert env["LLMD_CONSOLE_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "llm-console-session", "key": "key"}
+
+
+def test_without_an_admin_secret_no_admin_token_is_seeded_and_the_chart_makes_the_session_key(chart: Any) -> None:
+    docs = render(chart)
+    env = env_of(sender_container(docs))
+    assert "LLMD_ADMIN_TOKEN" not in env
+    ref = env["LLMD_CONSOLE_SECRET"]["valueFrom"]["secretKeyRef"]
+    (secret,) = [d for d in of_kind(docs, "Secret") if d["metadata"]["name"] == ref["name"]]
+    assert len(base64.b64decode(secret["data"][ref["key"]])) == 48
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"

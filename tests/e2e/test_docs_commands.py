@@ -54,6 +54,7 @@ NOTES_INSTALLS = {
     "default": ("llmd", "llm", {}),
     "example": ("llmd", "llm", yaml.safe_load((ROOT / "values.example.yaml").read_text())),
     "existing-tokens-secret": ("prod", "ai", {"existingTokensSecret": {"name": "api-tokens"}}),
+    "console-ingress": ("ops", "llm-ops", {"console": {"ingress": {"enabled": True}, "adminToken": {"existingSecret": "a"}}}),
 }
 
 
@@ -444,7 +445,7 @@ def test_a_command_that_drifted_from_the_code_is_caught(command: str, message: s
 
 def test_the_notes_token_command_uses_the_positional_name() -> None:
     for install in NOTES_INSTALLS:
-        (create,) = [c for c in notes_commands(install) if "tokens create" in c.text]
+        (create,) = [c for c in notes_commands(install) if "tokens create my-app" in c.text]
         (argv,) = cli_invocations(create.text)
         assert parse_cli(argv).name == "my-app"
 
@@ -504,7 +505,7 @@ def test_a_taken_token_name_is_refused_loudly_as_the_readme_says(quickstart_stac
 
 def test_the_notes_token_and_call_steps_work_against_a_running_sender(quickstart_stack) -> None:
     commands = notes_commands("default")
-    (create,) = [c for c in commands if "tokens create" in c.text]
+    (create,) = [c for c in commands if "tokens create my-app" in c.text]
     (call,) = [c for c in commands if c.text.startswith("curl")]
     (argv,) = cli_invocations(create.text)
     # What `kubectl exec deploy/... --` runs inside the sender's pod, run here against the local stack.

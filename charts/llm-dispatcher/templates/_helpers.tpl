@@ -236,3 +236,8 @@ generated ones are); otherwise put a complete URL in the Secret and set `urlKey`
 {{- end }}
 {{- toJson $out }}
 {{- end }}
+
+{{/* The Secret that signs console sessions: the operator's, or the one the chart creates. */}}
+{{- define "llm-dispatcher.consoleSecret" -}}
+{{- .Values.console.sessionSecret.existingSecret | default (printf "%s-console" (include "llm-dispatcher.fullname" . | trunc 55 | trimSuffix "-")) }}
+{{- end }}
