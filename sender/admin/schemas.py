@@ -126,6 +126,8 @@ class UsageAggregate(BaseModel):
     since: str
     until: str
     group_by: list[str]
+    token: str | None = Field(None, description="The token filter, if any")
+    model: str | None = Field(None, description="The model filter, if any")
     percentiles: bool = Field(description="true: p50/p95 computed by the database; false: means and max only")
     data: list[UsageRow]
 

@@ -8,6 +8,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Query, Response
 
+from llm_dispatcher.db import usage_report
 from llm_dispatcher.errors import InvalidRequestError
 from sender.admin.http import JSON
 from sender.admin.schemas import UsageAggregate, UsageRecords
@@ -27,8 +28,8 @@ def csv_response(text: str, filename: str) -> Response:
     )
 
 
-def _query_error(exc: Exception) -> InvalidRequestError:
-    return InvalidRequestError(str(exc), param=getattr(exc, "param", None))
+def _query_error(exc: usage_report.UsageQueryError) -> InvalidRequestError:
+    return InvalidRequestError(str(exc), param=exc.param)
 
 
 def add_usage_routes(router: APIRouter, get_ctx: Callable[[], SenderContext]) -> None:
@@ -42,14 +43,12 @@ def add_usage_routes(router: APIRouter, get_ctx: Callable[[], SenderContext]) ->
         since: str | None = SINCE,
         until: str | None = UNTIL,
         group_by: str | None = Query(
-            None, description="Comma-separated, of token, model, replica, priority, hour, day (hour and day exclusive)"
+            None, description=f"Comma-separated, of {', '.join(usage_report.GROUP_KEYS)} (hour and day exclusive)"
         ),
         token: str | None = Query(None, description="Only this token's requests (by name)"),
         model: str | None = Query(None, description="Only this model's requests"),
         format: Literal["json", "csv"] = Query("json"),
     ) -> Response:
-        from llm_dispatcher.db import usage_report
-
         try:
             query = usage_report.usage_query(since=since, until=until, group_by=group_by, token=token, model=model)
         except usage_report.UsageQueryError as exc:
@@ -74,8 +73,6 @@ def add_usage_routes(router: APIRouter, get_ctx: Callable[[], SenderContext]) ->
         after: int | None = Query(None, description="Continue below this record id (`last_id` of a page)"),
         format: Literal["json", "csv"] = Query("json"),
     ) -> Response:
-        from llm_dispatcher.db import usage_report
-
         try:
             query = usage_report.records_query(
                 since=since, until=until, token=token, model=model, after=after, limit=limit
