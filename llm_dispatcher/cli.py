@@ -11,6 +11,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sender": ("sender.main", "run the OpenAI-compatible gateway"),
     "consumer": ("consumer.main", "run the consumer of one vLLM replica"),
     "tokens": ("llm_dispatcher.tokens_cli", "create, list, update and revoke API tokens"),
+    "usage": ("llm_dispatcher.usage_cli", "usage report: requests, tokens and latencies by token, model, hour..."),
     "db": ("llm_dispatcher.db_cli", "database migrations"),
     # Development tooling (the `sim` extra): skipped where it is not installed, as in the production image.
     "sim": ("vllm_sim.cli", "run the vLLM simulator"),
