@@ -18,7 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueue
 from aiormq.abc import DeliveredMessage
 
 from consumer.leases import LeaseTable
@@ -43,8 +43,12 @@ class Topology:
     control: AbstractQueue
 
     @classmethod
-    async def declare(cls, channel: AbstractChannel, st: ConsumerSettings, control_name: str) -> Topology:
-        queue = await amqp.declare_model_queue(channel, st.queue_prefix, st.model, st.max_priority)
+    async def declare(cls, link: amqp.BrokerLink, st: ConsumerSettings, control_name: str) -> Topology:
+        channel = link.channel
+        shape = await amqp.model_queue_shape(
+            link.connection, st.queue_prefix, st.model, st.max_priority, st.fair_levels
+        )
+        queue = await amqp.declare_model_queue(channel, st.queue_prefix, st.model, shape)
         heartbeats = await amqp.declare_fanout(channel, protocol.heartbeat_exchange(st.queue_prefix))
         cancels = await amqp.declare_fanout(channel, protocol.cancel_exchange(st.queue_prefix))
         control = await channel.declare_queue(control_name, exclusive=True, auto_delete=True)
@@ -111,7 +115,7 @@ class Consumer:
         )
         try:
             await link.channel.set_qos(prefetch_count=1)
-            topology = await Topology.declare(link.channel, st, control_name)
+            topology = await Topology.declare(link, st, control_name)
             self = cls(st, metrics or ConsumerMetrics(), link, topology, control_name)
             await self.watcher.start()
             link.channel.return_callbacks.add(self._on_returned)  # type: ignore[arg-type]

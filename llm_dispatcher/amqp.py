@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -142,11 +143,46 @@ async def connect(url: str, name: str) -> AbstractRobustConnection:
     return await aio_pika.connect_robust(url, client_properties={"connection_name": name}, reconnect_interval=interval)
 
 
-async def declare_model_queue(channel: AbstractChannel, prefix: str, model: str, max_priority: int):
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueShape:
+    """How a model queue is declared: its arguments (None: it exists with others, declare it passively)
+    and the sub-levels per priority band its tickets may use."""
+
+    arguments: dict[str, Any] | None
+    levels: int
+
+
+async def model_queue_shape(
+    connection: AbstractRobustConnection, prefix: str, model: str, max_priority: int, levels: int
+) -> QueueShape:
+    """Declares the model's queue with `levels` sub-levels per band. A queue that already exists with
+    other arguments (declared before sub-levels, or with another LLMD_FAIR_LEVELS) is used as it is,
+    first come first served within a band (band priorities fit any such queue), with a warning: RabbitMQ
+    cannot change a queue's arguments, only a new queue can have them. Each attempt is made on a channel
+    of its own, since a refused declaration closes its channel."""
+    name = protocol.model_queue(prefix, model)
+    for shape in (QueueShape(protocol.queue_arguments(max_priority, levels), levels), QueueShape(None, 1)):
+        try:
+            async with connection.channel() as probe:
+                await declare_model_queue(probe, prefix, model, shape)
+        except aiormq.exceptions.ChannelPreconditionFailed:
+            continue
+        if shape.levels != levels:
+            log.warning(
+                "queue %s exists with other arguments than x-max-priority %d (%d fair-share levels per band): "
+                "used as it is, first come first served within a band; delete it while idle so that it is "
+                "declared anew",
+                name,
+                protocol.queue_arguments(max_priority, levels)["x-max-priority"],
+                levels,
+            )
+        return shape
+    raise AssertionError("a passive declaration is never refused for its arguments")
+
+
+async def declare_model_queue(channel: AbstractChannel, prefix: str, model: str, shape: QueueShape):
     return await channel.declare_queue(
-        protocol.model_queue(prefix, model),
-        durable=True,
-        arguments=protocol.queue_arguments(max_priority),
+        protocol.model_queue(prefix, model), durable=True, passive=shape.arguments is None, arguments=shape.arguments
     )
 
 

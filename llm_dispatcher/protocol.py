@@ -62,9 +62,10 @@ def cancel_exchange(prefix: str) -> str:
     return f"{prefix}.cancel"
 
 
-def queue_arguments(max_priority: int = MAX_PRIORITY) -> dict[str, Any]:
-    """Arguments every declarer of a model queue must use (RabbitMQ refuses a mismatch)."""
-    return {"x-max-priority": max_priority}
+def queue_arguments(max_priority: int = MAX_PRIORITY, levels: int = 1) -> dict[str, Any]:
+    """Arguments every declarer of a model queue must use (RabbitMQ refuses a mismatch): priority bands
+    0..max_priority, each split into `levels` broker priorities (the fair-share sub-levels)."""
+    return {"x-max-priority": (max_priority + 1) * levels - 1}
 
 
 def clamp_priority(requested: int | None, token_priority: int, max_priority: int = MAX_PRIORITY) -> int:

@@ -55,7 +55,14 @@ class CommonSettings(BaseSettings):
     )
     amqp_url: SecretStr = Field(SecretStr(DEFAULT_AMQP_URL), description="RabbitMQ URL (amqp:// or amqps://)")
     queue_prefix: str = Field(DEFAULT_PREFIX, description="Prefix of every queue and exchange name")
-    max_priority: int = Field(MAX_PRIORITY, ge=1, le=255, description="x-max-priority of model queues")
+    max_priority: int = Field(MAX_PRIORITY, ge=1, le=255, description="Highest priority band (bands 0..this)")
+    fair_levels: int = Field(
+        4,
+        ge=1,
+        le=128,
+        description="Broker priorities per band for fair share between the keys of one band (1: first come, first "
+        "served); a model queue's x-max-priority is (max_priority + 1) * fair_levels - 1, at most 255",
+    )
     log_level: str = Field("INFO", description="Log level")
     log_format: str = Field("json", description="json or text")
 
@@ -65,6 +72,16 @@ class CommonSettings(BaseSettings):
         if v not in ("json", "text"):
             raise ValueError("log_format must be json or text")
         return v
+
+    @model_validator(mode="after")
+    def _broker_priorities_fit(self):
+        top = (self.max_priority + 1) * self.fair_levels - 1
+        if top > 255:
+            raise ValueError(
+                f"(max_priority + 1) * fair_levels - 1 = {top}: RabbitMQ allows at most 255 priorities; "
+                "lower LLMD_FAIR_LEVELS or LLMD_MAX_PRIORITY"
+            )
+        return self
 
     def secret_urls(self) -> dict[str, str]:
         """The settings holding URLs with credentials, by environment variable (for the check below)."""

@@ -34,6 +34,7 @@ from sender.console import add_console_routes
 from sender.context import SenderContext
 from sender.dispatch import Dispatcher
 from sender.endpoint import ProxyEndpoint, RequestIdMiddleware
+from sender.fairness import FairShare
 from sender.metrics import SenderMetrics
 from sender.registry import Registry
 from sender.routes import ForwardPaths
@@ -105,6 +106,7 @@ async def running_context(settings: SenderSettings) -> AsyncIterator[SenderConte
         session=proxy.new_session(settings),
         forward_paths=ForwardPaths(settings.forward_paths),
         store=store,
+        fairness=FairShare(settings.fair_levels, settings.fair_quantum_tokens),
     )
     runner = BatchRunner(ctx, store) if settings.batch_runner else None
     try:

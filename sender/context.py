@@ -9,6 +9,7 @@ import aiohttp
 
 from llm_dispatcher.db import Store, TokenCache, UsageWriter
 from sender.dispatch import Dispatcher
+from sender.fairness import FairShare
 from sender.metrics import OTHER_MODEL, SenderMetrics
 from sender.registry import Registry
 from sender.routes import ForwardPaths
@@ -26,6 +27,7 @@ class SenderContext:
     session: aiohttp.ClientSession
     forward_paths: ForwardPaths
     store: Store
+    fairness: FairShare
     draining: bool = False
     active: set[asyncio.Task] = field(default_factory=set)
 

@@ -25,6 +25,7 @@ from aiormq.abc import DeliveredMessage
 from llm_dispatcher import amqp, protocol
 from llm_dispatcher.errors import BrokerUnavailableError, QueueTimeoutError
 from llm_dispatcher.protocol import Cancel, Grant, Heartbeat, Release, Renew, Ticket
+from sender.fairness import broker_priority
 from sender.metrics import SenderMetrics
 from sender.registry import Registry
 from sender.settings import SenderSettings
@@ -65,6 +66,7 @@ class Dispatcher:
         self._pending_releases: deque[tuple[Grant, int, str]] = deque(maxlen=MAX_PENDING_RELEASES)
         self._flush_task: asyncio.Task | None = None
         self._epochs: dict[str, int] = {}  # consumer control queue -> its connection epoch, from heartbeats
+        self._shapes: dict[str, amqp.QueueShape] = {}  # model -> how its queue is declared, found once
         link.on_lost(self._on_lost)
         link.on_restored(self._on_restored)
 
@@ -107,6 +109,7 @@ class Dispatcher:
         await raw.basic_consume(self._reply_name, self._on_grant, no_ack=True)
 
     def _on_restored(self) -> None:
+        self._shapes.clear()  # a broker that lost its queues declares them anew
         self.link.spawn(self._consume_replies(), "consume-replies")
         self._schedule_flush()
 
@@ -165,18 +168,31 @@ class Dispatcher:
     async def _declare(self, model: str) -> int:
         if not self.connected:
             raise BrokerUnavailableError("the message broker is unreachable", retry_after=self.settings.retry_after_s)
+        shape = await self._shape(model)
         channel = await self.link.raw()
         batch_then = self.batch_waiting(model)
         with amqp.broker_errors(self.settings.retry_after_s):
             ok = await channel.queue_declare(
                 protocol.model_queue(self.prefix, model),
                 durable=True,
-                arguments=protocol.queue_arguments(self.settings.max_priority),
+                passive=shape.arguments is None,
+                arguments=shape.arguments,
             )
         count = ok.message_count or 0
         self._depth_seen[model] = (time.monotonic(), count, batch_then)
         self.metrics.queue_depth.labels(model).set(count)
         return count
+
+    async def _shape(self, model: str) -> amqp.QueueShape:
+        shape = self._shapes.get(model)
+        if shape is None:
+            st = self.settings
+            with amqp.broker_errors(st.retry_after_s):
+                shape = await amqp.model_queue_shape(
+                    self.link.connection, self.prefix, model, st.max_priority, st.fair_levels
+                )
+            self._shapes[model] = shape
+        return shape
 
     async def _depth_loop(self) -> None:
         """Export queue depth for every model with a live replica, even when no request asks."""
@@ -192,9 +208,12 @@ class Dispatcher:
                 self.metrics.replicas_live.labels(model).set(len(live))
 
     # -- tickets and grants --------------------------------------------------------------------
-    async def acquire(self, model: str, priority: int, request_id: str = "", *, batch: bool = False) -> Grant:
-        """Wait for a replica of `model`. Raises QueueTimeoutError, BrokerUnavailableError; a
-        cancellation (client gone) abandons the ticket so that no consumer grants it."""
+    async def acquire(
+        self, model: str, priority: int, request_id: str = "", *, batch: bool = False, sub: int = 0
+    ) -> Grant:
+        """Wait for a replica of `model`, at band `priority` and fair-share sub-level `sub` (see
+        sender/fairness.py). Raises QueueTimeoutError, BrokerUnavailableError; a cancellation (client
+        gone) abandons the ticket so that no consumer grants it."""
         timeout = self.settings.queue_timeout_s
         ticket = Ticket(
             id=uuid.uuid4().hex,
@@ -210,7 +229,7 @@ class Dispatcher:
         if batch:
             self._batch_waiting[model] = self._batch_waiting.get(model, 0) + 1
         try:
-            await self._publish_ticket(ticket, timeout)
+            await self._publish_ticket(ticket, timeout, sub)
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             self._abandon(ticket.id)
@@ -227,11 +246,12 @@ class Dispatcher:
                 self._batch_waiting[model] -= 1
             self._waiting.pop(ticket.id, None)
 
-    async def _publish_ticket(self, ticket: Ticket, ttl_s: float) -> None:
+    async def _publish_ticket(self, ticket: Ticket, ttl_s: float, sub: int = 0) -> None:
+        levels = (await self._shape(ticket.model)).levels
         await self.link.publish(
             protocol.model_queue(self.prefix, ticket.model),
             ticket.dumps(),
-            priority=ticket.priority,
+            priority=broker_priority(ticket.priority, min(sub, levels - 1), levels),
             correlation_id=ticket.id,
             reply_to=self._reply_name,
             expiration_s=ttl_s,

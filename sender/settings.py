@@ -59,6 +59,12 @@ class SenderSettings(CommonSettings):
     )
     batch_poll_interval_s: float = Field(0.5, gt=0, description="How often the runner looks for batch work")
     shutdown_grace_s: float = Field(30.0, ge=0, description="How long in-flight streams may finish at shutdown")
+    fair_quantum_tokens: float = Field(
+        2000.0,
+        gt=0,
+        description="Fair share within a band: a key holding (waiting + in flight) under this many estimated "
+        "tokens gets the band's top sub-level, one lower per doubling (see LLMD_FAIR_LEVELS)",
+    )
     admin_token: SecretStr | None = Field(
         None,
         description="An admin token (its plaintext) upserted at start as LLMD_ADMIN_TOKEN_NAME, admin role, no "

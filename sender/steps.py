@@ -29,6 +29,7 @@ from llm_dispatcher.errors import (
 from llm_dispatcher.protocol import Grant, clamp_priority
 from sender import proxy
 from sender.context import SenderContext
+from sender.fairness import Share, estimated_cost
 from sender.metrics import OTHER_MODEL
 from sender.requests import parse_body, read_body, read_headers, requested_priority, upstream_body
 from sender.usage import Tail, UsageEventFilter
@@ -54,6 +55,7 @@ class Outcome:
     reason: str = "done"
     token: TokenRecord | None = None
     grant: Grant | None = None
+    share: Share | None = None  # its place in the band's fair share, from dispatch on
     queue_depth: int | None = None
     queue_wait_s: float = 0.0
     ttfb_s: float | None = None
@@ -121,10 +123,18 @@ async def admit(ctx: SenderContext, scope, receive, outcome: Outcome) -> Admissi
 
 
 # -- dispatch --------------------------------------------------------------------------------------
+def fair_key(admission: Admission) -> str:
+    """Who a request's fair share belongs to within its band: its token."""
+    return str(admission.token.id)
+
+
 async def dispatch(ctx: SenderContext, admission: Admission, outcome: Outcome, *, batch: bool = False) -> Grant:
-    """Wait in the model's queue for a grant. The caller owns the grant from here: `record` releases it."""
+    """Wait in the model's queue for a grant, at the sub-level of the band the key's share gives. The
+    caller owns the grant (and the share) from here: `record` releases both."""
+    cost = estimated_cost(admission.body, admission.payload)
+    share = outcome.share = ctx.fairness.enter(admission.model, admission.priority, fair_key(admission), cost)
     grant = outcome.grant = await ctx.dispatcher.acquire(
-        admission.model, admission.priority, outcome.request_id, batch=batch
+        admission.model, admission.priority, outcome.request_id, batch=batch, sub=share.sub
     )
     ctx.metrics.in_flight.labels(admission.model).inc()
     outcome.queue_wait_s = time.perf_counter() - outcome.started
@@ -203,6 +213,8 @@ async def relay(
 async def record(ctx: SenderContext, method: str, path: str, outcome: Outcome) -> None:
     """The end of every request: the lease released, metrics, one access-log line, one usage record."""
     grant, m = outcome.grant, ctx.metrics
+    if outcome.share is not None:
+        ctx.fairness.leave(outcome.share)
     if grant is not None:
         await ctx.dispatcher.release(grant, outcome.status, outcome.reason)
     total = time.perf_counter() - outcome.started

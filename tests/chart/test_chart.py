@@ -630,8 +630,8 @@ def test_every_setting_set_to_zero_or_false_reaches_the_env_as_given(chart: Any)
 def test_sender_and_consumers_agree_on_the_shared_settings(chart: Any) -> None:
     docs = render(chart, {"queue": {"prefix": "team-a", "maxPriority": 5}, "logFormat": "text",
                           **VALUE_SETS["external-services-postgresql"]})  # fmt: skip
-    shared = ("LLMD_HOST", "LLMD_LOG_FORMAT", "LLMD_QUEUE_PREFIX", "LLMD_MAX_PRIORITY", "LLMD_AMQP_URL",
-              "AMQP_USERNAME", "AMQP_PASSWORD")  # fmt: skip
+    shared = ("LLMD_HOST", "LLMD_LOG_FORMAT", "LLMD_QUEUE_PREFIX", "LLMD_MAX_PRIORITY", "LLMD_FAIR_LEVELS",
+              "LLMD_AMQP_URL", "AMQP_USERNAME", "AMQP_PASSWORD")  # fmt: skip
     sender = env_of(sender_container(docs))
     assert sender["LLMD_QUEUE_PREFIX"]["value"] == "team-a" and sender["LLMD_MAX_PRIORITY"]["value"] == "5"
     for sts in model_statefulsets(docs):
@@ -756,3 +756,9 @@ def test_without_an_admin_secret_no_admin_token_is_seeded_and_the_chart_makes_th
     (secret,) = [d for d in of_kind(docs, "Secret") if d["metadata"]["name"] == ref["name"]]
     assert len(base64.b64decode(secret["data"][ref["key"]])) == 48
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def test_more_broker_priorities_than_rabbitmq_allows_are_refused(chart: Any) -> None:
+    with pytest.raises(helm.HelmError, match=r"= 263, RabbitMQ allows at most 255"):
+        render(chart, {"queue": {"maxPriority": 10, "fairLevels": 24}})
+    render(chart, {"queue": {"maxPriority": 10, "fairLevels": 23}})

@@ -127,6 +127,8 @@ they must agree on, and the broker URL. Call with (dict "ctx" $ "port" <port> "l
   value: {{ .ctx.Values.queue.prefix | quote }}
 - name: LLMD_MAX_PRIORITY
   value: {{ .ctx.Values.queue.maxPriority | quote }}
+- name: LLMD_FAIR_LEVELS
+  value: {{ .ctx.Values.queue.fairLevels | quote }}
 {{ include "llm-dispatcher.amqpEnv" .ctx | trim }}
 {{- end }}
 

@@ -6,6 +6,10 @@
 {{- if eq (int .Values.sender.port) (int .Values.sender.metricsPort) }}
 {{- fail (printf "sender.metricsPort must differ from sender.port (%d): /metrics is served apart from the API" (int .Values.sender.port)) }}
 {{- end }}
+{{- $top := sub (mul (add (int .Values.queue.maxPriority) 1) (int .Values.queue.fairLevels)) 1 }}
+{{- if gt (int $top) 255 }}
+{{- fail (printf "queue: (maxPriority + 1) × fairLevels − 1 = %d, RabbitMQ allows at most 255 priorities" (int $top)) }}
+{{- end }}
 {{- $names := dict }}
 {{- $served := dict }}
 {{- range .Values.models }}
