@@ -329,3 +329,29 @@ def test_the_admin_routes_are_in_the_schema_and_their_own_schema_is_for_admins(l
     assert own["components"]["securitySchemes"]["AdminToken"]["scheme"] == "bearer"
     user = {"authorization": f"Bearer {live.user}"}
     assert error_of(httpx.get(live.stack.url + "/admin/v1/openapi.json", headers=user), 403)
+
+
+def test_the_console_session_opens_the_admin_api_and_a_change_needs_the_console_header_from_this_origin(
+    stack_factory,
+):
+    s = stack_factory()
+    root = s.create_token("root", admin=True, inference=False)
+    with httpx.Client(base_url=s.url) as browser:
+        r = browser.post("/console/login", json={"token": root}, headers={"x-llmd-console": "1"})
+        assert r.status_code == 200, r.text
+        assert browser.get("/admin/v1/tokens").status_code == 200  # the cookie alone
+        body = {"name": "made-in-console", "priority": 1, "threshold": 1}
+        assert error_of(browser.post("/admin/v1/tokens", json=body), 403)["code"] == "permission_denied"
+        hostile = {"x-llmd-console": "1", "origin": "http://evil.example"}
+        assert error_of(browser.post("/admin/v1/tokens", json=body, headers=hostile), 403)
+        assert error_of(browser.delete("/admin/v1/tokens/root"), 403)
+        own = {"x-llmd-console": "1", "origin": s.url}
+        assert browser.post("/admin/v1/tokens", json=body, headers=own).status_code == 201
+        assert (
+            browser.post(
+                "/admin/v1/tokens", json=body | {"name": "no-origin"}, headers={"x-llmd-console": "1"}
+            ).status_code
+            == 201
+        )
+        s.bg.call(s.ctx.store.update_token("root", enabled=False))  # revoked: the session is over
+        assert error_of(browser.get("/admin/v1/tokens"), 401)
