@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="bench/scenarios", description=scenarios.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("scenarios", nargs="*", default=["1", "2", "3", "4"], choices=[*SCENARIOS], metavar="N",
-                    help="any of 1 2 3 4 5 6")  # fmt: skip
+                    help="any of 1 2 3 4 5 6 7")  # fmt: skip
     ap.add_argument("--duration", type=float, default=d.duration, help="arrival window per arm (s)")
     ap.add_argument("--idle-duration", type=float, default=d.idle_duration, help="scenario 1's idle reference run (s)")
     ap.add_argument("--seed", type=int, default=d.seed)
@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         "--batch-poll", type=float, default=b.poll_interval_s, help="scenario 6: the sender's poll interval"
     )
     ap.add_argument("--batch-max-waiting", type=int, default=b.max_waiting, help="scenario 6: LLMD_BATCH_MAX_WAITING")
+    f = d.fair
+    ap.add_argument("--fair-duration", type=float, default=f.duration, help="scenario 7: arrival window per arm (s)")
+    ap.add_argument("--fair-light-rate", type=float, default=f.light_rate, help="scenario 7: the light token's req/s")
     ap.add_argument("--img", default="docs/img")
     ap.add_argument("--json", help="write every record and sample here")
     ap.add_argument(
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         real_rate_i=args.real_rate_i,
         real_rate_b=args.real_rate_b,
         consumer_overrides=parse_set(args.set),
+        fair=dataclasses.replace(f, duration=args.fair_duration, light_rate=args.fair_light_rate),
         batch=dataclasses.replace(
             b,
             lines=args.batch_lines,

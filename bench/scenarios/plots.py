@@ -203,3 +203,35 @@ def plot_batch(scen: BatchScenario, duration: float, path: Path, title: str) -> 
         ax.legend(fontsize=8)
     axes[2].grid(alpha=0.3)
     _save(plt, fig, path, title)
+
+
+def plot_fairness(scen: Any, duration: float, path: Path, title: str) -> None:
+    """Scenario 7: each token's queue-wait CDF per arm, and its served output tokens/s over time."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    styles = {"light": "-", "heavy": "--"}
+    colors = {scen.alone.name: "tab:green", scen.fifo.name: "tab:red", scen.fair.name: "tab:blue"}
+    ax = axes[0]
+    for arm in (scen.alone, scen.fifo, scen.fair):
+        for cls, waits in sorted(arm.queue_wait.items()):
+            v = sorted(max(w, 1e-4) for w in waits)
+            ax.plot(v, np.linspace(0, 1, len(v)), styles[cls], color=colors[arm.name], label=f"{arm.name}: {cls}")
+    ax.set_xscale("log")
+    ax.set_xlabel("queue wait (s, log; the sender's own measure)")
+    ax.set_ylabel("fraction of served requests")
+    ax.set_title("queue wait CDF")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    for ax, arm in zip(axes[1:], (scen.fifo, scen.fair), strict=True):
+        edges = np.arange(0, duration + 20, 5.0)
+        for cls in ("heavy", "light"):
+            ends = [(r.start + r.e2e, r.out_tokens) for r in arm.records if r.cls == cls and r.status == 200 and r.e2e]
+            hist, _ = np.histogram([e for e, _ in ends], bins=edges, weights=[n for _, n in ends])
+            ax.step(edges[:-1], hist / 5.0, where="post", label=cls, linestyle=styles[cls])
+        ax.axvline(duration, color="grey", linewidth=0.8)
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("output tokens/s served (5 s bins)")
+        ax.set_title(arm.name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save(plt, fig, path, title)

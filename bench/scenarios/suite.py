@@ -1,4 +1,4 @@
-"""The six scenarios: each runs its arms, draws its plot and writes its report section."""
+"""The seven scenarios: each runs its arms, draws its plot and writes its report section."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 from loadgen import TrafficClass
 
+from scenarios import fairness
 from scenarios.batch import BatchArmResult, BatchOptions, run_scenario
-from scenarios.plots import plot_batch, plot_floor, plot_goodput, plot_priority, plot_replicas
+from scenarios.plots import plot_batch, plot_fairness, plot_floor, plot_goodput, plot_priority, plot_replicas
 from scenarios.report import table
 from scenarios.run import (
     CONSUMER,
@@ -43,6 +44,7 @@ class Options:
     real_rate_b: float = 0.3
     consumer_overrides: dict[str, str] = field(default_factory=dict)  # --set LLMD_X=V
     batch: BatchOptions = field(default_factory=BatchOptions)  # scenario 6
+    fair: fairness.FairOptions = field(default_factory=fairness.FairOptions)  # scenario 7
 
     def consumer_env(self, **scenario: str) -> dict[str, str]:
         """The dispatcher arms' consumer settings: the defaults, then --set, then the scenario's own."""
@@ -213,6 +215,14 @@ def scenario6(a: Options, workdir: str, img: Path) -> ScenarioResult:
     )
 
 
+def scenario7(a: Options, workdir: str, img: Path) -> ScenarioResult:
+    """Two tokens of one priority, a heavy one at 10x the light one's rate, 2x capacity (scenarios/fairness.py)."""
+    o = a.fair
+    scen = fairness.run_scenario(o, a.seed, workdir)
+    plot_fairness(scen, o.duration, img / "scenario7-fairness.png", "Scenario 7: fair share within a priority")
+    return ScenarioResult(scen.report, [], targets=scen.targets)
+
+
 SCENARIOS: dict[str, Callable[[Options, str, Path], ScenarioResult]] = {
     "1": scenario1,
     "2": scenario2,
@@ -220,4 +230,5 @@ SCENARIOS: dict[str, Callable[[Options, str, Path], ScenarioResult]] = {
     "4": scenario4,
     "5": scenario5,
     "6": scenario6,
+    "7": scenario7,
 }
