@@ -25,9 +25,11 @@ def stream_chat(stack, max_tokens: int) -> int:
     return sum(1 for c in chunks if c.choices and c.choices[0].delta.content)
 
 
-def sign_in(page, stack, token: str) -> None:
+def sign_in(page, stack, token: str, shots=None) -> None:
     page.goto(stack.url + "/console/")
     page.wait_for_url("**/console/login")
+    if shots is not None:
+        shots(page, "login")
     page.fill("#token", token)
     page.click("#signin button[type=submit]")
 
@@ -44,9 +46,8 @@ def no_secret_in_page(page, *secrets: str) -> None:
 
 def test_an_operator_walks_through_every_page(console_stack, page, shots):
     s = console_stack
-    sign_in(page, s, s.admin)
+    sign_in(page, s, s.admin, shots)
     page.wait_for_url("**/console/models")
-    shots(page, "login-done")
 
     # Models: the simulator's model and its replica, live.
     card = page.locator(f'section.model[data-model="{MODEL}"]')
@@ -98,6 +99,14 @@ def test_an_operator_walks_through_every_page(console_stack, page, shots):
     client = openai.OpenAI(base_url=s.base_url, api_key=key, max_retries=0)
     reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
     assert reply.usage.completion_tokens == 4
+
+    # Edit: a lower priority, saved through the dialog.
+    row.locator("button", has_text="Edit").click()
+    page.locator("#edit-dialog[open]").wait_for()
+    page.fill('#edit-key input[name="priority"]', "2")
+    page.click('#edit-key button[value="save"]')
+    page.locator("#edit-dialog[open]").wait_for(state="detached")
+    assert row.locator("td").nth(3).inner_text() == "2"
 
     page.click("#dismiss-key")
     assert page.input_value("#new-key-value") == ""
@@ -221,3 +230,23 @@ def test_headers_cookie_and_csrf_rule(stack_factory):
         r = browser_like.post("/console/login", data={"token": admin}, headers={"origin": "https://evil.example"})
         assert r.status_code == 403
         assert browser_like.post("/console/logout", headers={"x-llmd-console": "1"}).status_code == 204
+        assert "llmd_console" not in browser_like.cookies
+
+        # Over https (the ingress says so), the cookie is Secure too.
+        r = browser_like.post(
+            "/console/login", json={"token": admin}, headers={"x-llmd-console": "1", "x-forwarded-proto": "https"}
+        )
+        assert r.status_code == 200 and "Secure" in r.headers["set-cookie"]
+
+
+def test_a_revoked_admin_is_signed_out(stack_factory):
+    s = stack_factory()
+    admin = s.create_token("admin", admin=True, inference=False)
+    with httpx.Client(base_url=s.url) as browser_like:
+        assert browser_like.post("/console/login", json={"token": admin}, headers={"x-llmd-console": "1"}).is_success
+        assert browser_like.get("/console/session").json()["name"] == "admin"
+        s.bg.call(s.ctx.store.update_token("admin", enabled=False))
+        assert browser_like.get("/console/models", follow_redirects=False).headers["location"] == "/console/login"
+        assert browser_like.get("/admin/v1/tokens").status_code == 401
+        s.bg.call(s.ctx.store.update_token("admin", enabled=True, admin=False))  # demoted: out as well
+        assert browser_like.get("/console/session").status_code == 401
