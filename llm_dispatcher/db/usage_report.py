@@ -122,11 +122,11 @@ def _range(
     return start, end
 
 
-def _name(value: str | None) -> str | None:
+def _name(value: str | None, param: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise UsageQueryError(f"expected a name, got {value!r}", "token")
+        raise UsageQueryError(f"{param} must be a name, got {value!r}", param)
     return value.strip() or None
 
 
@@ -144,7 +144,7 @@ def usage_query(
     now = now or utcnow()
     start, end = _range(since, until, now, now - DEFAULT_SINCE)
     assert start is not None and end is not None
-    return UsageQuery(start, end, parse_group_by(group_by), _name(token), _name(model))
+    return UsageQuery(start, end, parse_group_by(group_by), _name(token, "token"), _name(model, "model"))
 
 
 def _int(value: int | str | None, param: str, low: int, high: int | None = None) -> int | None:
@@ -176,8 +176,8 @@ def records_query(
     return RecordsQuery(
         start,
         end,
-        _name(token),
-        _name(model),
+        _name(token, "token"),
+        _name(model, "model"),
         _int(after, "after", 0),
         DEFAULT_RECORDS_LIMIT if size is None else size,
     )
