@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 
 import httpx
 import pytest
@@ -25,12 +24,6 @@ class Admin:
 
     def __getattr__(self, method: str):
         return getattr(self.http, method)
-
-
-@pytest.fixture
-def queue_prefix() -> str:
-    """Queues and exchanges of this test (parametrized ids hold brackets, which AMQP names refuse)."""
-    return f"t.admin.{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture

@@ -19,12 +19,6 @@ from llm_dispatcher.db.models import utcnow
 MODEL = "sim-model"
 
 
-@pytest.fixture
-def queue_prefix() -> str:
-    """Queues and exchanges of this test (parametrized ids hold brackets, which AMQP names refuse)."""
-    return f"t.admin-usage.{uuid.uuid4().hex[:12]}"
-
-
 def record(token: str, model: str, status: int = 200, ago_s: float = 60, **kw) -> UsageRecord:
     fields = {
         "token_id": None,
