@@ -3,12 +3,18 @@ simulator and an admin token, and where the screenshots go."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+
+from tests.fixtures.db import SERVER_URLS, _admin_engine
 
 CHROMIUM = os.environ.get("LLMD_TEST_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -68,3 +74,36 @@ def console_stack(stack_factory):
     s.wait_models({MODEL}, s.alice)
     yield s
     s.wait_idle()
+
+
+def _in_a_thread(coro_fn):
+    """Runs a coroutine to its end in a thread of its own (Playwright's sync API keeps a loop running here)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro_fn()).result()
+
+
+@pytest.fixture
+def browser_database_url(db_backend: str, tmp_path: Path) -> Iterator[str]:
+    """tests.fixtures.db's `database_url` for the browser tier's sync tests: an empty database of its own."""
+    if db_backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'llmd.db'}"
+        return
+    name = f"llmd_t_{uuid.uuid4().hex[:12]}"
+
+    async def run(sql: str) -> None:
+        engine = _admin_engine(db_backend)
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(sa.text(sql))
+        finally:
+            await engine.dispose()
+
+    try:
+        _in_a_thread(lambda: run(f"CREATE DATABASE {name}"))
+    except (OSError, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        pytest.skip(f"{db_backend} unavailable at {SERVER_URLS[db_backend]}: {exc}")
+    try:
+        yield sa.make_url(SERVER_URLS[db_backend]).set(database=name).render_as_string(hide_password=False)
+    finally:
+        force = " WITH (FORCE)" if db_backend == "postgresql" else ""
+        _in_a_thread(lambda: run(f"DROP DATABASE IF EXISTS {name}{force}"))

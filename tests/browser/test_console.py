@@ -5,6 +5,7 @@ what may not happen: a non-admin signing in, a page without a session, a token l
 from __future__ import annotations
 
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -23,6 +24,17 @@ def stream_chat(stack, max_tokens: int) -> int:
         model=MODEL, messages=[{"role": "user", "content": "load"}], max_tokens=max_tokens, stream=True
     )
     return sum(1 for c in chunks if c.choices and c.choices[0].delta.content)
+
+
+def wait_records(stack, admin: str, n: int, timeout: float = 10) -> None:
+    """The usage records are written in batches: wait until the admin API shows `n`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = httpx.get(stack.url + "/admin/v1/usage/records", headers={"authorization": f"Bearer {admin}"})
+        if r.status_code == 200 and len(r.json()["data"]) >= n:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"fewer than {n} usage records after {timeout} s")
 
 
 def sign_in(page, stack, token: str, shots=None) -> None:
@@ -250,3 +262,32 @@ def test_a_revoked_admin_is_signed_out(stack_factory):
         assert browser_like.get("/admin/v1/tokens").status_code == 401
         s.bg.call(s.ctx.store.update_token("admin", enabled=True, admin=False))  # demoted: out as well
         assert browser_like.get("/console/session").status_code == 401
+
+
+def test_usage_on_every_database(stack_factory, browser_database_url, page, shots):
+    """The Usage page on each backend: percentiles where the database computes them (PostgreSQL), means elsewhere."""
+    s = stack_factory(database_url=browser_database_url, usage_flush_interval_s=0.1)
+    upstream = s.add_sim(model=MODEL, served_model_names=[MODEL])
+    s.add_consumer(MODEL, upstream)
+    admin = s.create_token("admin", admin=True, inference=False)
+    alice = s.create_token("alice")
+    s.wait_models({MODEL}, alice)
+    client = openai.OpenAI(base_url=s.base_url, api_key=alice, max_retries=0)
+    for _ in range(3):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    wait_records(s, admin, 3)
+    sign_in(page, s, admin)
+    page.wait_for_url("**/console/models")
+    page.goto(s.url + "/console/usage")
+    row = page.locator(f'#usage-table tr[data-token="alice"][data-model="{MODEL}"]')
+    row.wait_for()
+    assert row.locator("td").nth(2).inner_text() == "3"
+    assert page.locator("#records tbody tr").count() == 3
+    page.locator("#chart-latency canvas").wait_for()
+    percentiles = browser_database_url.startswith("postgresql")
+    title = page.locator("#latency-title").inner_text()
+    assert title == ("Latency (p50 / p95)" if percentiles else "Latency (means)")
+    assert (" / " in row.locator("td").nth(8).inner_text()) is percentiles  # TTFT p50 / p95, else mean (max)
+    shots(page, "usage")
+    assert not page.problems, page.problems
+    s.wait_idle()

@@ -65,7 +65,7 @@ function draw(id, keys, data, unit, range) {
     {
       width,
       height: 220,
-      scales: { x: { time: true, range: () => range }, y: { range: (u, min, max) => [0, Math.max(max, 1) * 1.1] } },
+      scales: { x: { time: true, range: () => range }, y: { range: (u, min, max) => [0, Math.max(max, unit === "s" ? 0.01 : 1) * 1.1] } },
       axes: [
         {},
         {
