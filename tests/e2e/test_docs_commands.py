@@ -54,7 +54,11 @@ NOTES_INSTALLS = {
     "default": ("llmd", "llm", {}),
     "example": ("llmd", "llm", yaml.safe_load((ROOT / "values.example.yaml").read_text())),
     "existing-tokens-secret": ("prod", "ai", {"existingTokensSecret": {"name": "api-tokens"}}),
-    "console-ingress": ("ops", "llm-ops", {"console": {"ingress": {"enabled": True}, "adminToken": {"existingSecret": "a"}}}),
+    "console-ingress": (
+        "ops",
+        "llm-ops",
+        {"console": {"ingress": {"enabled": True}, "adminToken": {"existingSecret": "admin-token"}}},
+    ),
 }
 
 
