@@ -39,10 +39,10 @@ class FairOptions:
 
 
 def classes(o: FairOptions, heavy: bool = True) -> list[TrafficClass]:
+    """The two classes, in the same order in every arm (each class's arrivals are drawn from its position,
+    so the light token's schedule is the same alone and with the heavy one, which is silent when alone)."""
     light = TrafficClass(LIGHT, o.light_rate, o.prompt_tokens, o.max_tokens, llmd_priority=5, threshold=100000)
-    if not heavy:
-        return [light]
-    rate = o.light_rate * o.ratio
+    rate = o.light_rate * o.ratio if heavy else 0.0
     return [TrafficClass(HEAVY, rate, o.prompt_tokens, o.max_tokens, llmd_priority=5, threshold=100000), light]
 
 
