@@ -12,6 +12,7 @@ DispatcherError                      (status, type, code)
 ├── NotFoundError                    404 not_found (an object of the API: a token, a file, a batch)
 ├── ModelNotFoundError               404 model_not_found
 ├── OverThresholdError               429 queue_over_threshold (+ Retry-After)
+├── RateLimitError                   429 rate_limit_exceeded (a per-key limit; + Retry-After, x-ratelimit-*)
 ├── ServiceUnavailableError          503 (+ Retry-After)
 │   ├── QueueTimeoutError            503 queue_timeout
 │   ├── NoReplicaError               503 no_live_replica
@@ -22,6 +23,7 @@ DispatcherError                      (status, type, code)
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 
@@ -104,6 +106,32 @@ class OverThresholdError(DispatcherError):
     status = 429
     type = "rate_limit_error"
     code = "queue_over_threshold"
+
+
+class RateLimitError(DispatcherError):
+    """A key's own limit (max parallel, requests or tokens per minute). Its `type` says which, as
+    OpenAI's does (`requests`, `tokens`; `parallel_requests` for max parallel), and it carries the
+    key's `x-ratelimit-*` headers and a Retry-After in milliseconds too (the SDKs' retry reads it)."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, kind: str, retry_after: float, rate_headers: list[tuple[bytes, bytes]]):
+        super().__init__(message, retry_after=retry_after)
+        self.kind = kind
+        self.rate_headers = rate_headers
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.kind, self.param, self.code)
+
+    def headers(self) -> dict[str, str]:
+        assert self.retry_after is not None
+        return {
+            "retry-after": str(max(1, math.ceil(self.retry_after))),
+            "retry-after-ms": str(max(1, math.ceil(self.retry_after * 1000))),
+            **{k.decode(): v.decode() for k, v in self.rate_headers},
+        }
 
 
 class ServiceUnavailableError(DispatcherError):

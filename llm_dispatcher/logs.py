@@ -18,6 +18,7 @@ _EXTRA_FIELDS = (
     "lease_id",
     "ticket_id",
     "queue_depth",
+    "admin",  # the admin token's name on an admin API call (sender.admin)
 )
 
 

@@ -61,6 +61,37 @@ def _models(text: str) -> list[str]:
     return models
 
 
+_LIMIT_OPTIONS = {
+    "max_parallel": "requests waiting or in flight at once",
+    "rpm": "requests per minute",
+    "tpm": "prompt + completion tokens per minute",
+    "user_max_parallel": "requests at once per end user (the `user` field or OpenWebUI's user header)",
+}
+
+
+def _limit(text: str) -> int | None:
+    """A per-key limit: a positive integer, or `none` (no limit)."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a positive integer or 'none': {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1 (or 'none' for no limit)")
+    return value
+
+
+def _add_limits(parser: argparse.ArgumentParser) -> None:
+    for name, what in _LIMIT_OPTIONS.items():
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=_limit, default=argparse.SUPPRESS, metavar="N|none", help=f"limit: {what}")
+
+
+def _limits(args: argparse.Namespace) -> dict[str, int | None]:
+    return {name: getattr(args, name) for name in _LIMIT_OPTIONS if hasattr(args, name)}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_database_option(parser)
     sub = parser.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
@@ -90,6 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-priority", type=_non_negative, help="priority of its batch lines (default: --priority; never above it)"
     )
     _add_expiry(create)
+    _add_limits(create)
     create.add_argument("--models", type=_models, help="comma-separated allowed models (default: all)")
     create.add_argument("--token", help="register this plaintext instead of generating one ('-' reads stdin)")
     create.add_argument("--quiet", "-q", action="store_true", help="print only the token")
@@ -110,6 +142,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     expiry = _add_expiry(update)
     expiry.add_argument("--no-expiry", action="store_true", help="never expire")
     update.add_argument("--enable", action="store_true", help="re-enable a revoked token")
+    _add_limits(update)
     update.add_argument(
         "--admin", action=argparse.BooleanOptionalAction, help="grant (--admin) or withdraw (--no-admin) admin rights"
     )
@@ -177,6 +210,7 @@ async def _create(store: Store, args: argparse.Namespace) -> int:
         batch_priority=args.batch_priority,
         admin=args.admin,
         inference=args.inference or not args.admin,
+        **_limits(args),
     )
     if args.quiet:
         print(plaintext)
@@ -238,6 +272,7 @@ async def _update(store: Store, args: argparse.Namespace) -> int:
     for role in ("admin", "inference"):
         if getattr(args, role) is not None:
             changes[role] = getattr(args, role)
+    changes.update(_limits(args))
     if not changes:
         return fail("nothing to update: give at least one option (see --help)")
     record = await store.update_token(args.name, **changes)
@@ -270,4 +305,9 @@ def _describe(r: TokenRecord) -> str:
     expiry = f"expires {_time(r.expires_at)}" if r.expires_at else "no expiry"
     batch = "" if r.batch_priority is None else f", batch priority {r.effective_batch_priority}"
     roles = f"roles {_roles(r)}"
-    return f"priority {r.priority}{batch}, threshold {r.threshold}, {models}, {expiry}, {roles}, {token_status(r)}"
+    limits = "".join(
+        f", {name.replace('_', ' ')} {getattr(r, name)}" for name in _LIMIT_OPTIONS if getattr(r, name) is not None
+    )
+    return (
+        f"priority {r.priority}{batch}, threshold {r.threshold}{limits}, {models}, {expiry}, {roles}, {token_status(r)}"
+    )

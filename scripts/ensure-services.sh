@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks that RabbitMQ, PostgreSQL and MariaDB answer on loopback; starts any that is down.
+# Checks that RabbitMQ, PostgreSQL, MariaDB and Redis answer on loopback; starts any that is down.
 set -u
 
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -30,4 +30,5 @@ rc=0
 start_if_down RabbitMQ 5672 rabbitmq-server -detached || rc=1
 start_if_down PostgreSQL 5432 bash -c 'pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start' || rc=1
 start_if_down MariaDB 3306 start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || rc=1
+start_if_down Redis 6379 redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' || rc=1
 exit $rc

@@ -35,6 +35,7 @@ from sender.context import SenderContext
 from sender.dispatch import Dispatcher
 from sender.endpoint import ProxyEndpoint, RequestIdMiddleware
 from sender.fairness import FairShare
+from sender.limits import LimitStore, MemoryLimits, RedisLimits
 from sender.metrics import SenderMetrics
 from sender.registry import Registry
 from sender.routes import ForwardPaths
@@ -107,6 +108,7 @@ async def running_context(settings: SenderSettings) -> AsyncIterator[SenderConte
         forward_paths=ForwardPaths(settings.forward_paths),
         store=store,
         fairness=FairShare(settings.fair_levels, settings.fair_quantum_tokens),
+        limits=limit_store(settings),
     )
     runner = BatchRunner(ctx, store) if settings.batch_runner else None
     try:
@@ -126,9 +128,18 @@ async def running_context(settings: SenderSettings) -> AsyncIterator[SenderConte
         if runner is not None:
             await runner.stop()
         await dispatcher.stop()
+        await ctx.limits.close()
         await ctx.session.close()
         await usage.stop()
         await store.dispose()
+
+
+def limit_store(settings: SenderSettings) -> LimitStore:
+    """Per-key limits in Redis when several senders must share them, else in this process."""
+    if settings.limits_redis_url is None:
+        return MemoryLimits()
+    url = settings.limits_redis_url.get_secret_value()
+    return RedisLimits(url, settings.queue_prefix, hold_ttl_s=settings.limit_hold_ttl_s)
 
 
 def export_counters(metrics: SenderMetrics, usage: UsageWriter, tokens: TokenCache) -> None:

@@ -10,6 +10,7 @@ import aiohttp
 from llm_dispatcher.db import Store, TokenCache, UsageWriter
 from sender.dispatch import Dispatcher
 from sender.fairness import FairShare
+from sender.limits import LimitStore
 from sender.metrics import OTHER_MODEL, SenderMetrics
 from sender.registry import Registry
 from sender.routes import ForwardPaths
@@ -28,6 +29,7 @@ class SenderContext:
     forward_paths: ForwardPaths
     store: Store
     fairness: FairShare
+    limits: LimitStore
     draining: bool = False
     active: set[asyncio.Task] = field(default_factory=set)
 

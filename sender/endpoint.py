@@ -8,6 +8,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 
 import orjson
 
@@ -21,10 +22,11 @@ from sender.steps import Outcome, UpstreamBroken
 log = logging.getLogger(__name__)
 
 
-async def send_error(send, exc: DispatcherError) -> None:
+async def send_error(send, exc: DispatcherError, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
     body = orjson.dumps(exc.body())
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.encode(), v.encode()) for k, v in exc.headers().items()]
+    headers += extra
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -110,7 +112,7 @@ class ProxyEndpoint:
                 if outcome.model:
                     ctx.metrics.refusals.labels(outcome.model_label, outcome.reason).inc()
             with contextlib.suppress(Exception):
-                await send_error(send, exc)
+                await send_error(send, exc, steps.rate_headers(outcome))
         except ClientGone:
             outcome.fail(499, "client_disconnected")
         except UpstreamBroken:

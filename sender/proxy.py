@@ -10,6 +10,9 @@ from sender.settings import SenderSettings
 FORWARD_REQUEST_HEADERS = frozenset(
     {b"content-type", b"accept", b"x-request-id", b"user-agent", b"openai-organization", b"openai-project"}
 )
+USER_INFO_HEADERS = frozenset(
+    {b"x-openwebui-user-id", b"x-openwebui-user-email", b"x-openwebui-user-name", b"x-openwebui-user-role"}
+)
 # Response headers not relayed (hop-by-hop, or recomputed by our server).
 HOP_BY_HOP = frozenset(
     {
@@ -48,8 +51,12 @@ def new_session(settings: SenderSettings) -> aiohttp.ClientSession:
     )
 
 
-def forwarded_headers(scope_headers: list[tuple[bytes, bytes]], request_id: str) -> dict[str, str]:
-    out = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope_headers if k in FORWARD_REQUEST_HEADERS}
+def forwarded_headers(
+    scope_headers: list[tuple[bytes, bytes]], request_id: str, user_headers: bool = False
+) -> dict[str, str]:
+    """The client's headers vLLM may see (an allow-list; OpenWebUI's user headers only when asked)."""
+    allowed = FORWARD_REQUEST_HEADERS | USER_INFO_HEADERS if user_headers else FORWARD_REQUEST_HEADERS
+    out = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope_headers if k in allowed}
     out["x-request-id"] = request_id
     out["accept-encoding"] = "identity"
     return out

@@ -8,13 +8,19 @@ from dataclasses import dataclass
 
 import orjson
 
-from llm_dispatcher.errors import InvalidRequestError, PayloadTooLargeError, RequestTimeoutError
+from llm_dispatcher.errors import InvalidRequestError, PayloadTooLargeError, RequestTimeoutError, shorten
 
 AUTHORIZATION = b"authorization"
 CONTENT_LENGTH = b"content-length"
 PRIORITY_HEADER = b"x-priority"
 REQUEST_ID_HEADER = b"x-request-id"
 MAX_REQUEST_ID = 128
+# OpenWebUI's ENABLE_FORWARD_USER_INFO_HEADERS, in the order one of them is taken as the end user.
+USER_HEADERS = {
+    b"x-openwebui-user-id": 0,
+    b"x-openwebui-user-email": 1,
+    b"x-openwebui-user-name": 2,
+}
 STREAM_USAGE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
@@ -27,6 +33,8 @@ class RequestHeaders:
     authorization: str | None = None
     content_length: int | None = None
     priority: bytes | None = None
+    user: bytes | None = None  # OpenWebUI's user (ENABLE_FORWARD_USER_INFO_HEADERS): its id, else email, else name
+    user_rank: int = len(USER_HEADERS)
 
 
 def read_headers(headers: list[tuple[bytes, bytes]]) -> RequestHeaders:
@@ -40,7 +48,18 @@ def read_headers(headers: list[tuple[bytes, bytes]]) -> RequestHeaders:
             out.content_length = int(v) if v.isdigit() else None
         elif k == PRIORITY_HEADER:
             out.priority = v
+        elif k in USER_HEADERS and USER_HEADERS[k] < out.user_rank and v:
+            out.user, out.user_rank = v, USER_HEADERS[k]
     return out
+
+
+def end_user(payload: dict, headers: RequestHeaders) -> str | None:
+    """Who the request is for, within its token: the OpenAI `user` field, else OpenWebUI's user header
+    (the first 255 characters, control characters escaped)."""
+    user = payload.get("user")
+    if not isinstance(user, str) or not user:
+        user = headers.user.decode("utf-8", "replace") if headers.user else None
+    return None if not user else shorten(user, 255)
 
 
 def client_request_id(value: bytes) -> str | None:

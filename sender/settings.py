@@ -65,6 +65,20 @@ class SenderSettings(CommonSettings):
         description="Fair share within a band: a key holding (waiting + in flight) under this many estimated "
         "tokens gets the band's top sub-level, one lower per doubling (see LLMD_FAIR_LEVELS)",
     )
+    limits_redis_url: SecretStr | None = Field(
+        None,
+        description="Redis (redis://, rediss://) holding the per-key limits every sender shares; unset: each "
+        "sender keeps them in its memory (exact with one sender process)",
+    )
+    limit_hold_ttl_s: float = Field(
+        30.0,
+        gt=0,
+        description="A request's max-parallel hold in Redis lapses this long after its sender stopped renewing "
+        "it (a sender that died leaks no slot for longer)",
+    )
+    forward_user_headers: bool = Field(
+        False, description="Forward OpenWebUI's X-OpenWebUI-User-* headers to vLLM (read for usage and limits anyway)"
+    )
     admin_token: SecretStr | None = Field(
         None,
         description="An admin token (its plaintext) upserted at start as LLMD_ADMIN_TOKEN_NAME, admin role, no "
@@ -87,4 +101,7 @@ class SenderSettings(CommonSettings):
         return [check_forward_path(p) for p in paths]
 
     def secret_urls(self) -> dict[str, str]:
-        return {**super().secret_urls(), "LLMD_DATABASE_URL": self.database_url.get_secret_value()}
+        urls = {**super().secret_urls(), "LLMD_DATABASE_URL": self.database_url.get_secret_value()}
+        if self.limits_redis_url is not None:
+            urls["LLMD_LIMITS_REDIS_URL"] = self.limits_redis_url.get_secret_value()
+        return urls

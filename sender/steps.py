@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 
@@ -23,6 +23,7 @@ from llm_dispatcher.errors import (
     NoReplicaError,
     OverThresholdError,
     PermissionDeniedError,
+    RateLimitError,
     UpstreamError,
     shorten,
 )
@@ -30,8 +31,9 @@ from llm_dispatcher.protocol import Grant, clamp_priority
 from sender import proxy
 from sender.context import SenderContext
 from sender.fairness import Share, estimated_cost
+from sender.limits import Hold, KeyLimits, Refusal
 from sender.metrics import OTHER_MODEL
-from sender.requests import parse_body, read_body, read_headers, requested_priority, upstream_body
+from sender.requests import end_user, parse_body, read_body, read_headers, requested_priority, upstream_body
 from sender.usage import Tail, UsageEventFilter
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,8 @@ class Outcome:
     token: TokenRecord | None = None
     grant: Grant | None = None
     share: Share | None = None  # its place in the band's fair share, from dispatch on
+    holds: list[Hold] = field(default_factory=list)  # its places in its key's limits, from admit on
+    end_user: str | None = None
     queue_depth: int | None = None
     queue_wait_s: float = 0.0
     ttfb_s: float | None = None
@@ -119,10 +123,79 @@ async def admit(ctx: SenderContext, scope, receive, outcome: Outcome) -> Admissi
             f"model '{model}' is busy for this key's class of requests; retry later",
             retry_after=settings.retry_after_s,
         )
-    return Admission(token=token, body=body, payload=payload, model=model, priority=priority)
+    outcome.end_user = end_user(payload, headers)
+    admission = Admission(token=token, body=body, payload=payload, model=model, priority=priority)
+    await hold_limits(ctx, admission, outcome)
+    return admission
+
+
+def key_limits(token: TokenRecord, user: str | None) -> list[tuple[str, KeyLimits]]:
+    """The limited keys a request of this token (and end user) counts in: the token's, its end user's."""
+    out = []
+    limits = KeyLimits(token.max_parallel, token.rpm, token.tpm)
+    if limits:
+        out.append((f"t{token.id}", limits))
+    if token.user_max_parallel is not None and user is not None:
+        out.append((f"t{token.id}:u:{user}", KeyLimits(max_parallel=token.user_max_parallel)))
+    return out
+
+
+async def hold_limits(ctx: SenderContext, admission: Admission, outcome: Outcome) -> None:
+    """Count the request in each of its keys' limits, or refuse it (429) with the one it would pass;
+    a refused request is counted in none."""
+    cost = estimated_cost(admission.body, admission.payload)
+    for key, limits in key_limits(admission.token, outcome.end_user):
+        result = await ctx.limits.admit(key, limits, cost)
+        if isinstance(result, Refusal):
+            await release_limits(ctx, outcome, 0)
+            raise RateLimitError(
+                refusal_message(result, key != f"t{admission.token.id}"),
+                kind=REFUSAL_TYPES[result.what],
+                retry_after=result.retry_after_s,
+                rate_headers=result.usage.headers(),
+            )
+        outcome.holds.append(result)
+
+
+REFUSAL_TYPES = {"parallel": "parallel_requests", "requests": "requests", "tokens": "tokens"}
+_REFUSAL_UNITS = {
+    "parallel": "requests at once",
+    "requests": "requests per min (RPM)",
+    "tokens": "tokens per min (TPM)",
+}
+
+
+def refusal_message(r: Refusal, per_user: bool) -> str:
+    who = "this key's end user" if per_user else "this key"
+    return (
+        f"Rate limit reached for {who} on {_REFUSAL_UNITS[r.what]}: limit {r.limit}, used {r.used}. "
+        f"Please try again in {r.retry_after_s:.1f}s."
+    )
+
+
+async def release_limits(ctx: SenderContext, outcome: Outcome, tokens: int | None) -> None:
+    holds, outcome.holds = outcome.holds, []
+    for hold in holds:
+        try:
+            await ctx.limits.release(hold, tokens)
+        except Exception as exc:  # the store is away: a hold lapses with its TTL, a count with its window
+            log.warning("releasing a limit hold failed: %r", exc, extra={"request_id": outcome.request_id})
+
+
+def rate_headers(outcome: Outcome) -> list[tuple[bytes, bytes]]:
+    """OpenAI's x-ratelimit-* headers of the request's token, for every response it gets."""
+    return outcome.holds[0].usage.headers() if outcome.holds else []
 
 
 # -- dispatch --------------------------------------------------------------------------------------
+def used_tokens(outcome: Outcome) -> int | None:
+    """What the request cost its key: the exact count when usage was read, none when no replica was
+    reached, else unknown (its estimate stands)."""
+    if outcome.prompt_tokens is not None or outcome.completion_tokens is not None:
+        return (outcome.prompt_tokens or 0) + (outcome.completion_tokens or 0)
+    return 0 if outcome.grant is None else None
+
+
 def fair_key(admission: Admission) -> str:
     """Who a request's fair share belongs to within its band: its token."""
     return str(admission.token.id)
@@ -160,7 +233,7 @@ async def relay(
     url = grant.url.rstrip("/") + path
     if query:
         url += "?" + query.decode("latin-1")
-    headers = proxy.forwarded_headers(client_headers, outcome.request_id)
+    headers = proxy.forwarded_headers(client_headers, outcome.request_id, ctx.settings.forward_user_headers)
     try:
         upstream = await ctx.session.post(url, data=request.body, headers=headers)
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -175,7 +248,8 @@ async def relay(
             {
                 "type": "http.response.start",
                 "status": upstream.status,
-                "headers": proxy.relayed_headers(upstream, drop_length=event_filter is not None),
+                "headers": proxy.relayed_headers(upstream, drop_length=event_filter is not None)
+                + rate_headers(outcome),
             }
         )
         async for chunk in upstream.content.iter_any():
@@ -215,6 +289,8 @@ async def record(ctx: SenderContext, method: str, path: str, outcome: Outcome) -
     grant, m = outcome.grant, ctx.metrics
     if outcome.share is not None:
         ctx.fairness.leave(outcome.share)
+    if outcome.holds:
+        await release_limits(ctx, outcome, used_tokens(outcome))
     if grant is not None:
         await ctx.dispatcher.release(grant, outcome.status, outcome.reason)
     total = time.perf_counter() - outcome.started
@@ -260,5 +336,6 @@ async def record(ctx: SenderContext, method: str, path: str, outcome: Outcome) -
                 ttfb_s=outcome.ttfb_s,
                 total_s=total,
                 request_id=outcome.request_id,
+                end_user=outcome.end_user,
             )
         )

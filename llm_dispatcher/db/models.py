@@ -18,6 +18,7 @@ HASH_LEN = 64
 MODEL_LEN = 255
 REPLICA_LEN = 255
 REQUEST_ID_LEN = 64
+END_USER_LEN = 255
 
 metadata = sa.MetaData(
     naming_convention={
@@ -49,6 +50,11 @@ tokens = sa.Table(
     # roles: the admin API and console; the /v1 API (an admin-only token gets 403 there)
     sa.Column("admin", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("inference", sa.Boolean, nullable=False, server_default=sa.true()),
+    # Per-key limits (NULL: none): requests in parallel, per minute, tokens per minute; parallel per end user.
+    sa.Column("max_parallel", sa.Integer, nullable=True),
+    sa.Column("rpm", sa.Integer, nullable=True),
+    sa.Column("tpm", sa.Integer, nullable=True),
+    sa.Column("user_max_parallel", sa.Integer, nullable=True),
     mysql_charset="utf8mb4",
     mysql_engine="InnoDB",
 )
@@ -70,6 +76,7 @@ usage = sa.Table(
     sa.Column("ttfb_s", sa.Double, nullable=True),
     sa.Column("total_s", sa.Double, nullable=False),
     sa.Column("request_id", sa.String(REQUEST_ID_LEN), nullable=False),
+    sa.Column("end_user", sa.String(END_USER_LEN), nullable=True),  # the `user` field or OpenWebUI's user header
     # the usage reports: one token's or one model's rows of a time range (migration 0003)
     sa.Index("ix_usage_token_name_created_at", "token_name", "created_at"),
     sa.Index("ix_usage_model_created_at", "model", "created_at"),
@@ -183,6 +190,10 @@ class TokenRecord:
     batch_priority: int | None = None  # the priority of its batch lines (None: `priority`)
     admin: bool = False  # may call the admin API and sign in to the console
     inference: bool = True  # may call the /v1 API
+    max_parallel: int | None = None  # requests waiting or in flight at once (None: no limit)
+    rpm: int | None = None  # requests per minute
+    tpm: int | None = None  # prompt + completion tokens per minute
+    user_max_parallel: int | None = None  # requests at once per end user of this token
     created_at: datetime | None = dataclasses.field(default=None, compare=False)  # informational
 
     def allows(self, model: str) -> bool:
@@ -213,3 +224,4 @@ class UsageRecord:
     total_s: float
     request_id: str
     created_at: datetime = dataclasses.field(default_factory=utcnow)
+    end_user: str | None = None

@@ -6,6 +6,7 @@ of `create_token` (and in what the operator chose to import).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -113,6 +114,18 @@ def _models_from_db(value: str | None) -> tuple[str, ...] | None:
     return None if value is None else tuple(json.loads(value))
 
 
+LIMIT_FIELDS: Final = ("max_parallel", "rpm", "tpm", "user_max_parallel")
+
+
+def _validate_limit(value: Any, what: str) -> int | None:
+    """A per-key limit: a positive integer, or None for no limit."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive integer or null (no limit), got {value!r}")
+    return value
+
+
 # Each field a token may be given with, and how it becomes its column value (`token` becomes `token_hash`).
 _COLUMNS: Final[dict[str, Callable[[Any], Any]]] = {
     "name": validate_name,
@@ -126,12 +139,13 @@ _COLUMNS: Final[dict[str, Callable[[Any], Any]]] = {
     "batch_priority": lambda value: None if value is None else _validate_int(value, "batch_priority"),
     "admin": lambda value: _validate_bool(value, "admin"),
     "inference": lambda value: _validate_bool(value, "inference"),
+    **{name: functools.partial(_validate_limit, what=name) for name in LIMIT_FIELDS},
 }
 TOKEN_FIELDS: Final = frozenset(_COLUMNS)
 # What a whole token left out means (an import sets these, so removing them from a seed file clears them).
 # `enabled`, `admin` and `inference` have none: left out, a new token is enabled, with inference and
 # without admin rights (the columns' defaults), and a stored one keeps its flags.
-_WHOLE_TOKEN_DEFAULTS: Final = {"allowed_models": None, "expires_at": None}
+_WHOLE_TOKEN_DEFAULTS: Final = {"allowed_models": None, "expires_at": None, **dict.fromkeys(LIMIT_FIELDS)}
 _BOOL_COLUMNS: Final = ("enabled", "admin", "inference")
 
 
@@ -169,6 +183,10 @@ def _record(row: sa.Row) -> TokenRecord:
         batch_priority=row.batch_priority,
         admin=bool(row.admin),
         inference=bool(row.inference),
+        max_parallel=row.max_parallel,
+        rpm=row.rpm,
+        tpm=row.tpm,
+        user_max_parallel=row.user_max_parallel,
         created_at=from_db_time(row.created_at),
     )
 
@@ -197,6 +215,7 @@ def token_json(record: TokenRecord, now: datetime | None = None) -> dict[str, An
         "enabled": record.enabled,
         "admin": record.admin,
         "inference": record.inference,
+        **{name: getattr(record, name) for name in LIMIT_FIELDS},
         "status": token_status(record, now),
         "created_at": _iso(record.created_at),
     }
@@ -236,6 +255,7 @@ class TokenStore(Database):
         batch_priority: int | None = None,
         admin: bool = False,
         inference: bool = True,
+        **limits: int | None,
     ) -> tuple[TokenRecord, str]:
         """Returns the record and the plaintext, which is not stored anywhere and cannot be shown
         again. `token=` registers a given plaintext instead of generating one. Priority and
@@ -250,6 +270,7 @@ class TokenStore(Database):
             "batch_priority": batch_priority,
             "admin": admin,
             "inference": inference,
+            **limits,
         }
         fields.update({k: v for k, v in (("priority", priority), ("threshold", threshold)) if v is not None})
         values = token_columns(fields)
@@ -330,9 +351,11 @@ class TokenStore(Database):
         batch_priority: int | _Unset | None = UNSET,
         admin: bool | None = None,
         inference: bool | None = None,
+        **limits: int | None,
     ) -> TokenRecord:
         """Only the given fields change. `allowed_models=None` allows every model, `expires_at=None`
-        removes the expiry; leave them out to keep them."""
+        removes the expiry, a limit (max_parallel, rpm, tpm, user_max_parallel) given as None removes
+        it; leave them out to keep them."""
         given = (
             ("priority", priority),
             ("threshold", threshold),
@@ -348,6 +371,7 @@ class TokenStore(Database):
         ):
             if not isinstance(v, _Unset):
                 changes[k] = v
+        changes.update(limits)
         values = token_columns(changes, partial=True)
         async with self._begin("update a token") as conn:
             result = await conn.execute(

@@ -22,7 +22,16 @@ from typing import Any
 import sqlalchemy as sa
 
 from llm_dispatcher.db.engine import Database
-from llm_dispatcher.db.models import MODEL_LEN, NAME_LEN, REPLICA_LEN, REQUEST_ID_LEN, UsageRecord, to_db_time, usage
+from llm_dispatcher.db.models import (
+    END_USER_LEN,
+    MODEL_LEN,
+    NAME_LEN,
+    REPLICA_LEN,
+    REQUEST_ID_LEN,
+    UsageRecord,
+    to_db_time,
+    usage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +58,7 @@ def usage_row(r: UsageRecord) -> dict[str, Any]:
         "ttfb_s": None if r.ttfb_s is None else float(r.ttfb_s),
         "total_s": float(r.total_s),
         "request_id": _clip(r.request_id, REQUEST_ID_LEN),
+        "end_user": None if r.end_user is None else _clip(r.end_user, END_USER_LEN),
     }
 
 

@@ -32,12 +32,13 @@ from llm_dispatcher.db.engine import Database
 from llm_dispatcher.db.models import from_db_time, to_db_time, usage, utcnow
 from llm_dispatcher.timespec import parse_instant
 
-GROUP_KEYS: Final = ("token", "model", "replica", "priority", "hour", "day")
+GROUP_KEYS: Final = ("token", "user", "model", "replica", "priority", "hour", "day")
 LATENCIES: Final = ("queue_wait_s", "ttfb_s", "total_s")
 RECORD_FIELDS: Final = (
     "id",
     "created_at",
     "token",
+    "user",
     "model",
     "replica",
     "priority",
@@ -53,7 +54,12 @@ DEFAULT_SINCE: Final = timedelta(hours=24)
 DEFAULT_RECORDS_LIMIT: Final = 100
 MAX_RECORDS_LIMIT: Final = 1000
 
-_KEY_COLUMNS: Final = {"token": usage.c.token_name, "model": usage.c.model, "replica": usage.c.replica}
+_KEY_COLUMNS: Final = {
+    "token": usage.c.token_name,
+    "user": usage.c.end_user,  # the end user within a token (null where none was given)
+    "model": usage.c.model,
+    "replica": usage.c.replica,
+}
 
 
 class UsageQueryError(ValueError):
@@ -416,6 +422,7 @@ def _record_json(row: sa.Row[Any]) -> dict[str, Any]:
         "id": int(row.id),
         "created_at": iso(created),
         "token": row.token_name,
+        "user": row.end_user,
         "model": row.model,
         "replica": row.replica,
         "priority": row.priority,

@@ -107,7 +107,7 @@ class AdminRoute(APIRoute):
                     request.url.path,
                     status,
                     (time.perf_counter() - started) * 1000,
-                    extra={"request_id": request.scope.get("request_id"), "status": status},
+                    extra={"request_id": request.scope.get("request_id"), "status": status, "admin": name},
                 )
 
         return logged

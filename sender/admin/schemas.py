@@ -43,6 +43,10 @@ class Token(BaseModel):
     enabled: bool
     admin: bool = Field(description="May call the admin API and sign in to the console")
     inference: bool = Field(description="May call the /v1 API")
+    max_parallel: int | None = Field(None, description="Requests waiting or in flight at once (null: no limit)")
+    rpm: int | None = Field(None, description="Requests per minute (null: no limit)")
+    tpm: int | None = Field(None, description="Prompt + completion tokens per minute (null: no limit)")
+    user_max_parallel: int | None = Field(None, description="Requests at once per end user (null: no limit)")
     status: Literal["active", "revoked", "expired"]
     created_at: str | None = None
 
@@ -70,6 +74,10 @@ class TokenCreate(BaseModel):
     allowed_models: list[StrictStr] | None = Field(None, description="null: every model")
     expires_at: StrictStr | None = Field(None, description="ISO 8601; null: never")
     batch_priority: StrictInt | None = None
+    max_parallel: StrictInt | None = Field(None, description="Per-key limit; null: none")
+    rpm: StrictInt | None = Field(None, description="Per-key limit; null: none")
+    tpm: StrictInt | None = Field(None, description="Per-key limit; null: none")
+    user_max_parallel: StrictInt | None = Field(None, description="Per end user of the key; null: none")
     admin: StrictBool = False
     inference: StrictBool | None = Field(
         None, description="Default: true for an ordinary token, false for an admin token"
@@ -78,7 +86,7 @@ class TokenCreate(BaseModel):
 
 class TokenUpdate(BaseModel):
     """Only the fields given change; `allowed_models: null` allows every model, `expires_at: null`
-    removes the expiry, `batch_priority: null` follows `priority`."""
+    removes the expiry, `batch_priority: null` follows `priority`, a limit set to null is removed."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -87,6 +95,10 @@ class TokenUpdate(BaseModel):
     allowed_models: list[StrictStr] | None = None
     expires_at: StrictStr | None = None
     batch_priority: StrictInt | None = None
+    max_parallel: StrictInt | None = None
+    rpm: StrictInt | None = None
+    tpm: StrictInt | None = None
+    user_max_parallel: StrictInt | None = None
     enabled: StrictBool | None = None
     admin: StrictBool | None = None
     inference: StrictBool | None = None

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from llm_dispatcher.db import DuplicateTokenError, TokenNotFoundError
-from llm_dispatcher.db.tokens import TOKEN_FIELDS, token_columns, token_json, validate_name
+from llm_dispatcher.db.tokens import LIMIT_FIELDS, TOKEN_FIELDS, token_columns, token_json, validate_name
 from llm_dispatcher.errors import AlreadyExistsError, InvalidRequestError, NotFoundError, shorten
 from sender.admin.auth import validation_error
 from sender.admin.http import JSON, MAX_PAGE, body_schema
@@ -93,6 +93,7 @@ def add_token_routes(router: APIRouter, get_ctx: Callable[[], SenderContext]) ->
                 batch_priority=body.batch_priority,
                 admin=body.admin,
                 inference=inference,
+                **{name: getattr(body, name) for name in LIMIT_FIELDS},
             )
         except DuplicateTokenError as exc:
             raise AlreadyExistsError(str(exc), param="name") from None

@@ -762,3 +762,13 @@ def test_more_broker_priorities_than_rabbitmq_allows_are_refused(chart: Any) -> 
     with pytest.raises(helm.HelmError, match=r"= 263, RabbitMQ allows at most 255"):
         render(chart, {"queue": {"maxPriority": 10, "fairLevels": 24}})
     render(chart, {"queue": {"maxPriority": 10, "fairLevels": 23}})
+
+
+def test_tokens_in_the_values_may_carry_their_limits_and_roles(chart: Any) -> None:
+    token = {"name": "team-a", "token": "x" * 24, "priority": 5, "threshold": 50, "rpm": 600, "tpm": 200000,
+             "max_parallel": 8, "user_max_parallel": 2, "allowed_models": ["m"], "admin": False}  # fmt: skip
+    docs = render(chart, {"tokens": [token]})
+    (secret,) = [d for d in of_kind(docs, "Secret") if d["metadata"]["name"].endswith("-tokens")]
+    assert json.loads(base64.b64decode(secret["data"]["tokens.json"])) == [token]
+    with pytest.raises(helm.HelmError, match="rpm"):
+        render(chart, {"tokens": [{**token, "rpm": 0}]})

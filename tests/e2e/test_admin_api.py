@@ -234,6 +234,12 @@ def test_every_admin_call_is_logged_with_the_admins_name_never_the_token(stack_f
     assert lines[1].startswith("admin root: PATCH /admin/v1/tokens/user -> 400")
     assert lines[2].startswith("admin user: GET /admin/v1/queues -> 403")
     assert lines[3].startswith("admin -: GET /admin/v1/models -> 401")
+    assert [getattr(r, "admin", None) for r in caplog.records if r.name == "sender.admin"] == [
+        "root",
+        "root",
+        "user",
+        "-",
+    ], "the name is a field of its own in the JSON log too"
     assert not any(root in line or user in line for line in caplog.text.splitlines())
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import httpx
 import pytest
 import yaml
 
@@ -471,7 +472,11 @@ def quickstart_stack(stack_factory):
 def readme_quickstart() -> tuple[str, list[str]]:
     """(the shell block that creates a token and calls the API, every Python block), from the README."""
     text = (ROOT / "README.md").read_text()
-    shells = [b for _, lang, b in fenced_blocks(text) if lang in SHELL_LANGS and "tokens create" in b and "curl" in b]
+    shells = [
+        b
+        for _, lang, b in fenced_blocks(text)
+        if lang in SHELL_LANGS and "tokens create" in b and "curl" in b and "/v1/chat/completions" in b
+    ]
     pythons = [b for _, lang, b in fenced_blocks(text) if lang == "python"]
     assert len(shells) == 1 and pythons, "the README's quick start moved: update this test"
     return shells[0], pythons
@@ -518,3 +523,29 @@ def test_the_notes_token_and_call_steps_work_against_a_running_sender(quickstart
     assert proc.returncode == 0 and not proc.stderr, proc.stderr
     models = json.loads(proc.stdout)
     assert models["object"] == "list" and "sim-model" in {m["id"] for m in models["data"]}
+
+
+def test_the_readme_operations_block_works_as_written(quickstart_stack) -> None:
+    """The admin token it creates lists the tokens and the usage over the admin API and the CLI."""
+    text = (ROOT / "README.md").read_text()
+    (block,) = [b for _, lang, b in fenced_blocks(text) if lang in SHELL_LANGS and "--admin" in b and "curl" in b]
+    someone = quickstart_stack.create_token("someone")
+    r = httpx.post(
+        quickstart_stack.base_url + "/chat/completions",
+        json={"model": "sim-model", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": f"Bearer {someone}"},
+        timeout=30,
+    )
+    assert r.status_code == 200
+    quickstart_stack.usage_rows(1)  # one request to report on, written
+    proc = run_in_a_shell(block, quickstart_stack)
+    assert proc.returncode == 0 and not proc.stderr, proc.stderr
+    decoder, out, answers = json.JSONDecoder(), proc.stdout, []
+    for _ in range(2):
+        answer, end = decoder.raw_decode(out)
+        answers.append(answer)
+        out = out[end:].lstrip()
+    tokens, usage = answers
+    assert tokens["object"] == "list" and any(t["admin"] for t in tokens["data"])
+    assert usage["object"] == "usage.aggregate" and usage["group_by"] == ["token", "model"]
+    assert "someone" in out and "sim-model" in out, "the CLI's table names the token and the model"

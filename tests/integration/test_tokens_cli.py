@@ -98,6 +98,10 @@ def test_list_shows_settings_but_never_secrets(run_cli, sqlite_url: str) -> None
         "enabled": False,
         "admin": False,
         "inference": True,
+        "max_parallel": None,
+        "rpm": None,
+        "tpm": None,
+        "user_max_parallel": None,
         "status": "revoked",
         "created_at": items["bob"]["created_at"],
     }
@@ -296,3 +300,16 @@ def test_a_batch_priority_is_set_capped_by_the_priority_and_cleared(run_cli, sql
     assert code == 0 and "batch priority 5" in out  # never above the token's own priority
     code, out, _ = run_cli("tokens", "update", "nightly", "--no-batch-priority")
     assert code == 0 and "batch priority" not in out
+
+
+def test_limits_are_set_shown_and_removed_by_the_cli(run_cli) -> None:
+    code, out, _ = run_cli("tokens", "create", "lim", "--priority", "5", "--threshold", "9", "--rpm", "60", "-q")
+    assert code == 0
+    code, out, _ = run_cli("tokens", "update", "lim", "--tpm", "10000", "--max-parallel", "4")
+    assert code == 0 and "max parallel 4, rpm 60, tpm 10000" in out
+    code, out, _ = run_cli("tokens", "update", "lim", "--rpm", "none", "--user-max-parallel", "1")
+    assert code == 0 and "rpm" not in out.replace("rpm 60", "") and "user max parallel 1" in out
+    (item,) = [i for i in json.loads(run_cli("tokens", "list", "--json")[1]) if i["name"] == "lim"]
+    assert (item["max_parallel"], item["rpm"], item["tpm"], item["user_max_parallel"]) == (4, None, 10000, 1)
+    code, _, err = run_cli("tokens", "update", "lim", "--rpm", "0")
+    assert code == 2 and "must be >= 1" in err

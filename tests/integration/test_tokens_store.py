@@ -201,6 +201,8 @@ BAD_FIELDS = [
     ("enabled", "yes", "enabled must be true or false"),
     ("token", "sk with space", "a token must be a non-empty string without whitespace"),
     ("token_hash", "abc", "token_hash must be 64 hex characters"),
+    ("rpm", 0, "rpm must be a positive integer or null (no limit), got 0"),
+    ("max_parallel", "4", "max_parallel must be a positive integer or null"),
 ]
 
 
@@ -224,6 +226,7 @@ def test_token_columns_turn_a_whole_token_into_its_column_values() -> None:
         "threshold": 3,
         "allowed_models": None,  # left out: every model
         "expires_at": None,  # left out: no expiry
+        **dict.fromkeys(("max_parallel", "rpm", "tpm", "user_max_parallel")),  # left out: no limits
     }  # and no `enabled`: an import keeps the stored flag
     assert token_columns({"allowed_models": "a, b,a", "expires_at": "2030-01-01T01:00:00+01:00"}, partial=True) == {
         "allowed_models": '["a", "b"]',

@@ -216,6 +216,7 @@ async def test_records_filter_by_time_token_and_model(filled: Store) -> None:
         "id": row["id"],
         "created_at": "2026-03-04T01:00:00Z",
         "token": "alice",
+        "user": None,
         "model": "m2",
         "replica": "r2",
         "priority": 5,
@@ -234,3 +235,16 @@ async def test_records_csv_has_every_field(filled: Store) -> None:
     lines = list(csv.DictReader(io.StringIO(records_csv(page))))
     assert [r["request_id"] for r in lines] == ["b2", "b1"]
     assert lines[1]["ttfb_s"] == "" and lines[1]["status"] == "503"
+
+
+async def test_grouping_by_end_user_within_a_token(store: Store) -> None:
+    at = NOW - timedelta(hours=1)
+    rows = [record(at, request_id=f"u{i}") for i in range(3)]
+    for r, user in zip(rows, ("ann", "ann", None), strict=True):
+        r.end_user = user
+    await store.insert_usage(rows)
+    agg = await store.usage_aggregate(usage_query(group_by="token,user", now=NOW))
+    got = {(r["token"], r["user"], r["requests"]) for r in agg.rows}  # where NULL sorts differs by database
+    assert got == {("alice", None, 1), ("alice", "ann", 2)}
+    page = await store.usage_records(records_query(now=NOW))
+    assert sorted(str(r["user"]) for r in page.to_json()["data"]) == ["None", "ann", "ann"]

@@ -1,0 +1,208 @@
+"""Per-key limits across sender processes, and what they cost on the hot path.
+
+1. **Overshoot**: 4 sender processes sharing one Redis (`LLMD_LIMITS_REDIS_URL`), one broker, one
+   simulated replica with room for everything; one token with rpm, tpm and max parallel; an open-loop
+   load at ~2x its rpm spread round-robin over the 4 senders for `--duration` s. From every request's
+   client-side start and end: the most requests admitted in any 60 s window (vs rpm), the most
+   admitted requests at once (vs max parallel), the most tokens used in any 60 s window (vs tpm).
+2. **Hot-path cost**: one sender, a zero-delay simulator, a closed loop at concurrency 1 of short
+   non-streaming requests, alternating rounds of an unlimited token, a limited token on the in-process
+   store and a limited token on Redis (limits far above the load); medians of the rounds' p50.
+
+    .venv/bin/python bench/limits.py [--duration 75] [--rounds 5] [--round-s 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+
+from devstack.processes import EXE, ProcessStack
+
+REDIS_URL = os.environ.get("LLMD_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+MODEL = "bench-model"
+
+
+@dataclass
+class Call:
+    start: float
+    end: float
+    status: int
+    tokens: int
+
+
+def limit_token(stack: ProcessStack, name: str, *limits: str) -> str:
+    token = stack.token(name, 5, 100000)
+    if limits:
+        subprocess.run([*EXE, "tokens", "update", name, *limits], env=stack.env, check=True, capture_output=True)
+    return token
+
+
+async def open_loop(urls: list[str], token: str, rate: float, duration: float, max_tokens: int) -> list[Call]:
+    body = orjson.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens, "ignore_eos": True}
+    )
+    headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+    calls: list[Call] = []
+    t0 = time.perf_counter()
+
+    async def one(session: aiohttp.ClientSession, url: str) -> None:
+        start = time.perf_counter() - t0
+        async with session.post(url + "/v1/chat/completions", data=body, headers=headers) as r:
+            data = await r.read()
+        tokens = 0
+        if r.status == 200:
+            usage = orjson.loads(data).get("usage") or {}
+            tokens = int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
+        calls.append(Call(start, time.perf_counter() - t0, r.status, tokens))
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        tasks, i = [], 0
+        while (now := time.perf_counter() - t0) < duration:
+            tasks.append(asyncio.create_task(one(session, urls[i % len(urls)])))
+            i += 1
+            await asyncio.sleep(max(0.0, i / rate - now))
+        await asyncio.gather(*tasks)
+    return calls
+
+
+def most_in_window(times: list[tuple[float, int]], window: float = 60.0) -> int:
+    """The largest sum of weights of the events within any `window` seconds."""
+    times = sorted(times)
+    best = acc = lo = 0
+    for t, w in times:
+        acc += w
+        while times[lo][0] <= t - window:
+            acc -= times[lo][1]
+            lo += 1
+        best = max(best, acc)
+    return best
+
+
+def most_at_once(calls: list[Call]) -> int:
+    events = sorted([(c.start, 1) for c in calls] + [(c.end, -1) for c in calls], key=lambda e: (e[0], e[1]))
+    best = cur = 0
+    for _, d in events:
+        cur += d
+        best = max(best, cur)
+    return best
+
+
+def overshoot(args: argparse.Namespace, workdir: str) -> None:
+    rpm, tpm, parallel = args.rpm, args.tpm, args.max_parallel
+    stack = ProcessStack(workdir)
+    try:
+        sim = stack.start_sim(["--max-num-seqs", "512", "--itl-base", "0.02"])
+        stack.start_consumer(sim, LLMD_MAX_CONCURRENCY="512")
+        urls = []
+        for _ in range(args.senders):
+            stack.start_sender(LLMD_LIMITS_REDIS_URL=REDIS_URL, LLMD_TOKEN_CACHE_TTL_S="60")
+            urls.append(stack.url)
+        token = limit_token(stack, "limited", "--rpm", str(rpm), "--tpm", str(tpm), "--max-parallel", str(parallel))
+        stack.wait_live(token)
+        rate = 2 * rpm / 60
+        calls = asyncio.run(open_loop(urls, token, rate, args.duration, args.max_tokens))
+    finally:
+        stack.stop()
+    ok = [c for c in calls if c.status == 200]
+    refused = sum(c.status == 429 for c in calls)
+    other = len(calls) - len(ok) - refused
+    per_request = statistics.mean(c.tokens for c in ok) if ok else float("nan")
+    worst_rpm = most_in_window([(c.start, 1) for c in ok])
+    worst_tpm = most_in_window([(c.start, c.tokens) for c in ok])
+    print(
+        f"\n### Limits across {args.senders} sender processes (one Redis), {args.duration:g} s at {rate:.1f} req/s "
+        f"(2x the rpm), requests of {args.max_tokens} output tokens\n"
+    )
+    print("| limit | set | most used (any 60 s window, or at once) | overshoot |")
+    print("|---|---:|---:|---:|")
+    print(f"| rpm | {rpm} | {worst_rpm} | {max(0, worst_rpm - rpm)} |")
+    print(f"| max parallel | {parallel} | {most_at_once(ok)} | {max(0, most_at_once(ok) - parallel)} |")
+    print(
+        f"| tpm | {tpm} | {worst_tpm} | {max(0, worst_tpm - tpm)} tokens "
+        f"({max(0, worst_tpm - tpm) / per_request:.1f} requests of {per_request:.0f} tokens) |"
+    )
+    print(f"\n{len(calls)} requests: {len(ok)} served, {refused} refused with 429, {other} other")
+
+
+async def closed_loop(url: str, token: str, seconds: float) -> float:
+    """p50 latency (ms) of back-to-back requests for `seconds`."""
+    body = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+    headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+    lat: list[float] = []
+    async with aiohttp.ClientSession() as session:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            async with session.post(url + "/v1/chat/completions", data=body, headers=headers) as r:
+                await r.read()
+                assert r.status == 200, r.status
+            lat.append((time.perf_counter() - t) * 1000)
+    return statistics.median(lat)
+
+
+def hot_path(args: argparse.Namespace, workdir: str) -> None:
+    stack = ProcessStack(workdir)
+    try:
+        sim = stack.start_sim(["--max-num-seqs", "64"])
+        stack.start_consumer(sim, LLMD_MAX_CONCURRENCY="64")
+        stack.start_sender()
+        memory_url = stack.url
+        stack.start_sender(LLMD_LIMITS_REDIS_URL=REDIS_URL)
+        redis_url = stack.url
+        high = ("--rpm", "1000000", "--tpm", "1000000000", "--max-parallel", "1000")
+        arms = {
+            "no limit": (memory_url, limit_token(stack, "free")),
+            "limited, in-process store": (memory_url, limit_token(stack, "mem", *high)),
+            "limited, Redis store": (redis_url, limit_token(stack, "redis", *high)),
+        }
+        stack.wait_live(arms["no limit"][1])
+        for url, token in arms.values():
+            asyncio.run(closed_loop(url, token, 1.0))  # warm-up
+        p50: dict[str, list[float]] = {name: [] for name in arms}
+        for _ in range(args.rounds):
+            for name, (url, token) in arms.items():
+                p50[name].append(asyncio.run(closed_loop(url, token, args.round_s)))
+    finally:
+        stack.stop()
+    base = statistics.median(p50["no limit"])
+    print(f"\n### Hot-path cost of the limits: closed loop at concurrency 1, medians of {args.rounds} rounds\n")
+    print("| arm | p50 | added p50 |")
+    print("|---|---:|---:|")
+    for name, values in p50.items():
+        m = statistics.median(values)
+        print(f"| {name} | {m:.3f} ms | {m - base:+.3f} ms |")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=75.0, help="overshoot: seconds of load")
+    ap.add_argument("--senders", type=int, default=4)
+    ap.add_argument("--rpm", type=int, default=300)
+    ap.add_argument("--tpm", type=int, default=12000)
+    ap.add_argument("--max-parallel", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=40, help="output tokens per request (20 ms each)")
+    ap.add_argument("--rounds", type=int, default=5, help="hot path: alternating rounds")
+    ap.add_argument("--round-s", type=float, default=5.0, help="hot path: seconds per round and arm")
+    ap.add_argument("--only", choices=["overshoot", "hot-path"])
+    args = ap.parse_args()
+    workdir = tempfile.mkdtemp(prefix="llmd-limits-")
+    if args.only != "hot-path":
+        overshoot(args, workdir)
+    if args.only != "overshoot":
+        hot_path(args, workdir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
