@@ -8,6 +8,7 @@
 2. **Hot-path cost**: one sender, a zero-delay simulator, a closed loop at concurrency 1 of short
    non-streaming requests, alternating rounds of an unlimited token, a limited token on the in-process
    store and a limited token on Redis (limits far above the load); medians of the rounds' p50.
+3. **Call cost**: one admit + release of a limited key in this process, per store (a full window).
 
     .venv/bin/python bench/limits.py [--duration 75] [--rounds 5] [--round-s 5]
 """
@@ -184,6 +185,37 @@ def hot_path(args: argparse.Namespace, workdir: str) -> None:
         print(f"| {name} | {m:.3f} ms | {m - base:+.3f} ms |")
 
 
+async def store_cost(store, n: int) -> tuple[float, float]:
+    """Median µs of one admit (before the ticket: on the hot path) and one release (after the response)
+    of a limited key (limits far above the calls)."""
+    from sender.limits import Hold, KeyLimits
+
+    lim = KeyLimits(max_parallel=1000, rpm=10**7, tpm=10**9)
+    admits, releases = [], []
+    for _ in range(n):
+        t = time.perf_counter()
+        hold = await store.admit("bench", lim, 50)
+        t1 = time.perf_counter()
+        assert isinstance(hold, Hold)
+        await store.release(hold, 44)
+        admits.append((t1 - t) * 1e6)
+        releases.append((time.perf_counter() - t1) * 1e6)
+    await store.close()
+    return statistics.median(admits), statistics.median(releases)
+
+
+def call_cost(args: argparse.Namespace) -> None:
+    from sender.limits import MemoryLimits, RedisLimits
+
+    memory = asyncio.run(store_cost(MemoryLimits(), args.calls))
+    redis = asyncio.run(store_cost(RedisLimits(REDIS_URL, f"bench.{os.getpid()}"), args.calls))
+    print(f"\n### One admit + release, in the sender's process, median of {args.calls} (the key's window full)\n")
+    print("| store | admit (before the ticket) | release (after the response) |")
+    print("|---|---:|---:|")
+    print(f"| in-process | {memory[0]:.1f} µs | {memory[1]:.1f} µs |")
+    print(f"| Redis on loopback | {redis[0]:.1f} µs | {redis[1]:.1f} µs |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=75.0, help="overshoot: seconds of load")
@@ -194,13 +226,16 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=40, help="output tokens per request (20 ms each)")
     ap.add_argument("--rounds", type=int, default=5, help="hot path: alternating rounds")
     ap.add_argument("--round-s", type=float, default=5.0, help="hot path: seconds per round and arm")
-    ap.add_argument("--only", choices=["overshoot", "hot-path"])
+    ap.add_argument("--calls", type=int, default=20000, help="call cost: admit + release pairs per store")
+    ap.add_argument("--only", choices=["overshoot", "hot-path", "call-cost"])
     args = ap.parse_args()
     workdir = tempfile.mkdtemp(prefix="llmd-limits-")
-    if args.only != "hot-path":
+    if args.only in (None, "overshoot"):
         overshoot(args, workdir)
-    if args.only != "overshoot":
+    if args.only in (None, "hot-path"):
         hot_path(args, workdir)
+    if args.only in (None, "call-cost"):
+        call_cost(args)
     return 0
 
 

@@ -9,7 +9,8 @@ and the caller answers 429 with the limit that was hit. What is counted:
 - rpm: each admitted request, over the last 60 s (a sliding window, exact);
 - tpm: each request's prompt + completion tokens over the last 60 s: its estimate is counted when it is
   admitted (so concurrent requests cannot all slip under the limit) and replaced by the exact count from
-  usage when it ends — overshoot is bounded by how much the estimates fell short.
+  usage when it ends (counted per second: the window moves a second at a time) — overshoot is bounded
+  by how much the estimates fell short.
 
 Two stores with one contract: `MemoryLimits` in the process (the embedded default: one sender), and
 `RedisLimits` (`LLMD_LIMITS_REDIS_URL`), one Lua script per decision, for several senders.
@@ -26,7 +27,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def decide(limits: KeyLimits, parallel: int, requests: int, tokens: int, estimat
 class _KeyState:
     parallel: set[str] = field(default_factory=set)
     requests: deque[float] = field(default_factory=deque)  # admission times
-    tokens: deque[list[Any]] = field(default_factory=deque)  # [time, tokens, hold id]
+    tokens: dict[int, int] = field(default_factory=dict)  # second -> tokens counted in it (oldest first)
     token_sum: int = 0
 
 
@@ -148,8 +149,8 @@ class MemoryLimits:
         st = self._keys.setdefault(key, _KeyState())
         while st.requests and st.requests[0] <= now - WINDOW_S:
             st.requests.popleft()
-        while st.tokens and st.tokens[0][0] <= now - WINDOW_S:
-            st.token_sum -= st.tokens.popleft()[1]
+        while st.tokens and (oldest := next(iter(st.tokens))) <= now - WINDOW_S:
+            st.token_sum -= st.tokens.pop(oldest)
         return st
 
     def _usage(self, st: _KeyState, limits: KeyLimits, now: float) -> Usage:
@@ -159,7 +160,7 @@ class MemoryLimits:
             requests=len(st.requests),
             tokens=st.token_sum,
             requests_reset_s=(st.requests[0] + WINDOW_S - now) if st.requests else 0.0,
-            tokens_reset_s=(st.tokens[0][0] + WINDOW_S - now) if st.tokens else 0.0,
+            tokens_reset_s=max(0.0, next(iter(st.tokens)) + 1 + WINDOW_S - now) if st.tokens else 0.0,
         )
 
     async def admit(self, key: str, limits: KeyLimits, estimate: int) -> Hold | Refusal:
@@ -171,7 +172,8 @@ class MemoryLimits:
         hold = Hold(key, limits, uuid.uuid4().hex, estimate, now)
         st.parallel.add(hold.id)
         st.requests.append(now)
-        st.tokens.append([now, estimate, hold.id])
+        second = int(now)
+        st.tokens[second] = st.tokens.get(second, 0) + estimate
         st.token_sum += estimate
         hold.usage = self._usage(st, limits, now)
         return hold
@@ -180,12 +182,10 @@ class MemoryLimits:
         st = self._state(hold.key, self._clock())
         st.parallel.discard(hold.id)
         delta = (hold.estimate if tokens is None else tokens) - hold.estimate
-        if delta:
-            for entry in st.tokens:
-                if entry[2] == hold.id:
-                    entry[1] += delta
-                    st.token_sum += delta
-                    break
+        second = int(hold.at)
+        if delta and second in st.tokens:  # counted in the second it was admitted, while in the window
+            st.tokens[second] += delta
+            st.token_sum += delta
 
     async def close(self) -> None:
         return None
@@ -203,26 +203,26 @@ def _refusal(hit: str, limits: KeyLimits, usage: Usage) -> Refusal:
 
 
 # -- in Redis (several senders) --------------------------------------------------------------------
-# KEYS: parallel (zset hold -> expiry ms), requests (zset hold -> ms), tokens (hash hold -> "ms:tokens")
+# KEYS: parallel (zset hold -> expiry ms), requests (zset hold -> ms), tokens (hash second -> tokens)
 # ARGV: now ms, window ms, hold id, max_parallel, rpm, tpm (-1: none), estimate, hold ttl ms
 _ADMIT = """
 local now, window, id = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local maxp, rpm, tpm = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local estimate, ttl = tonumber(ARGV[7]), tonumber(ARGV[8])
+local second = math.floor(now / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
 local parallel = redis.call('ZCARD', KEYS[1])
 local requests = redis.call('ZCARD', KEYS[2])
-local tokens, oldest_tokens = 0, now
-local entries = redis.call('HGETALL', KEYS[3])
-for i = 1, #entries, 2 do
-  local at, n = string.match(entries[i + 1], '^(%d+):(-?%d+)$')
-  at, n = tonumber(at), tonumber(n)
-  if at <= now - window then
-    redis.call('HDEL', KEYS[3], entries[i])
+local tokens, oldest_second = 0, second
+local buckets = redis.call('HGETALL', KEYS[3])
+for i = 1, #buckets, 2 do
+  local at = tonumber(buckets[i])
+  if (at + 1) * 1000 <= now - window then
+    redis.call('HDEL', KEYS[3], buckets[i])
   else
-    tokens = tokens + n
-    if at < oldest_tokens then oldest_tokens = at end
+    tokens = tokens + tonumber(buckets[i + 1])
+    if at < oldest_second then oldest_second = at end
   end
 end
 local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
@@ -235,24 +235,18 @@ elseif tpm >= 0 and tokens >= tpm then hit = 'tokens' end
 if hit == '' then
   redis.call('ZADD', KEYS[1], now + ttl, id)
   redis.call('ZADD', KEYS[2], now, id)
-  redis.call('HSET', KEYS[3], id, now .. ':' .. estimate)
+  redis.call('HINCRBY', KEYS[3], second, estimate)
   for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], math.max(window, ttl) * 2) end
   parallel, requests, tokens = parallel + 1, requests + 1, tokens + estimate
-  if requests == 1 then oldest_request = now end
-  if tokens == estimate then oldest_tokens = now end
 end
-return {hit, parallel, requests, tokens, oldest_request, oldest_tokens}
+return {hit, parallel, requests, tokens, oldest_request, (oldest_second + 1) * 1000}
 """
-# KEYS: parallel, tokens; ARGV: hold id, exact tokens (-1: keep the estimate)
+# KEYS: parallel, tokens; ARGV: hold id, the second it was counted in, tokens to add (exact - estimate)
 _RELEASE = """
 redis.call('ZREM', KEYS[1], ARGV[1])
-local n = tonumber(ARGV[2])
-if n >= 0 then
-  local v = redis.call('HGET', KEYS[2], ARGV[1])
-  if v then
-    local at = string.match(v, '^(%d+):')
-    redis.call('HSET', KEYS[2], ARGV[1], at .. ':' .. n)
-  end
+local delta = tonumber(ARGV[3])
+if delta ~= 0 and redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then
+  redis.call('HINCRBY', KEYS[2], ARGV[2], delta)
 end
 return 1
 """
@@ -309,7 +303,8 @@ class RedisLimits:
     async def release(self, hold: Hold, tokens: int | None) -> None:
         self._held.pop(hold.id, None)
         keys = self._keys(hold.key)
-        await self._release(keys=[keys[0], keys[2]], args=[hold.id, -1 if tokens is None else tokens])
+        delta = 0 if tokens is None else tokens - hold.estimate
+        await self._release(keys=[keys[0], keys[2]], args=[hold.id, int(hold.at), delta])
 
     async def _renew_loop(self) -> None:
         """Holds of requests still running are kept alive; a dead sender's expire within the TTL."""
