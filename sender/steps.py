@@ -196,16 +196,19 @@ def used_tokens(outcome: Outcome) -> int | None:
     return 0 if outcome.grant is None else None
 
 
-def fair_key(admission: Admission) -> str:
-    """Who a request's fair share belongs to within its band: its token."""
-    return str(admission.token.id)
+def fair_key(admission: Admission, end_user: str | None = None) -> str:
+    """Who a request's fair share belongs to within its band: its end user when it names one (one
+    application key serving many people shares fairly between them), else its token."""
+    token = str(admission.token.id)
+    return token if end_user is None else f"{token}:{end_user}"
 
 
 async def dispatch(ctx: SenderContext, admission: Admission, outcome: Outcome, *, batch: bool = False) -> Grant:
     """Wait in the model's queue for a grant, at the sub-level of the band the key's share gives. The
     caller owns the grant (and the share) from here: `record` releases both."""
     cost = estimated_cost(admission.body, admission.payload)
-    share = outcome.share = ctx.fairness.enter(admission.model, admission.priority, fair_key(admission), cost)
+    key = fair_key(admission, outcome.end_user)
+    share = outcome.share = ctx.fairness.enter(admission.model, admission.priority, key, cost)
     grant = outcome.grant = await ctx.dispatcher.acquire(
         admission.model, admission.priority, outcome.request_id, batch=batch, sub=share.sub
     )

@@ -94,3 +94,36 @@ def _no_leftover_queue(amqp_url, queue_prefix):
             await channel.queue_delete(protocol.model_queue(queue_prefix, MODEL))
 
     asyncio.run(drop())
+
+
+async def test_end_users_of_one_token_share_fairly_between_them(stack_factory):
+    """One application key, two people: the one with a backlog does not hold up the other."""
+    s = fair_stack(stack_factory, levels=4)
+    app = s.tokens["heavy"]
+    async with httpx.AsyncClient(timeout=30) as client:
+        rec = Recorder(s, client)
+        blocker = rec.start("blocker", app, max_tokens=40)
+        await wait_in_flight(s, 1)
+        url, headers = s.base_url + "/chat/completions", {"authorization": f"Bearer {app}"}
+
+        def post(name: str, user: str) -> asyncio.Task:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1, "user": user}
+
+            async def run() -> httpx.Response:
+                r = await client.post(url, json=body, headers=headers)
+                rec.order.append(name)
+                return r
+
+            return asyncio.create_task(run())
+
+        ann = []
+        for i in range(4):
+            ann.append(post(f"ann{i}", "ann"))
+            await wait_depth(s, i + 1)
+        bob = post("bob", "bob")
+        await wait_depth(s, 5)
+        responses = await asyncio.gather(blocker, *ann, bob)
+    assert all(r.status_code == 200 for r in responses)
+    assert rec.order[:2] == ["blocker", "ann0"] or rec.order[:2] == ["blocker", "bob"], rec.order
+    assert rec.order.index("bob") < rec.order.index("ann1"), rec.order
+    s.wait_idle()
