@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         "--batch-poll", type=float, default=b.poll_interval_s, help="scenario 6: the sender's poll interval"
     )
     ap.add_argument("--batch-max-waiting", type=int, default=b.max_waiting, help="scenario 6: LLMD_BATCH_MAX_WAITING")
+    ap.add_argument("--batch-real-url", default="", help="scenario 6: a real vLLM's URL instead of the simulator")
+    ap.add_argument("--batch-saturation-clients", type=int, default=b.saturation_clients,
+                    help="scenario 6: closed-loop clients of the saturation arm")  # fmt: skip
     f = d.fair
     ap.add_argument("--fair-duration", type=float, default=f.duration, help="scenario 7: arrival window per arm (s)")
     ap.add_argument("--fair-light-rate", type=float, default=f.light_rate, help="scenario 7: the light token's req/s")
@@ -87,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             rate=args.batch_rate,
             poll_interval_s=args.batch_poll,
             max_waiting=args.batch_max_waiting,
+            real_url=args.batch_real_url,
+            saturation_clients=args.batch_saturation_clients,
         ),
     )
     img = Path(args.img)

@@ -49,11 +49,24 @@ class BatchOptions:
     timeout_s: float = 480.0  # give up waiting for the batch after this long
     interactive_threshold: int = 5
     batch_priority: int = 1
+    real_url: str = ""  # a real vLLM (e.g. scripts/real-vllm.sh) instead of a fresh simulator per arm
+    real_model: str = "smollm2"  # the real server's served model name
+    saturation_clients: int = SATURATION_CLIENTS
+
+    @property
+    def model(self) -> str:
+        return self.real_model if self.real_url else MODEL
+
+    def upstream(self, stack: ProcessStack, seed: int) -> str:
+        """The arm's engine: the real server, or a fresh simulator."""
+        return self.real_url.rstrip("/") if self.real_url else stack.start_sim([*SIM, "--seed", str(seed)])
 
 
 def interactive_class(o: BatchOptions) -> TrafficClass:
     # Prompts 50-300, outputs 16-64: 4.4 prompt tokens per output token, as the batch lines below.
-    return TrafficClass("interactive", o.rate, (50, 300), (16, 64), llmd_priority=8, threshold=o.interactive_threshold)
+    # On a real vLLM on CPU (a few tokens/s) prompts 20-60 and outputs 8-16, as scenario 5's.
+    prompts, outputs = ((20, 60), (8, 16)) if o.real_url else ((50, 300), (16, 64))
+    return TrafficClass("interactive", o.rate, prompts, outputs, llmd_priority=8, threshold=o.interactive_threshold)
 
 
 def batch_lines(o: BatchOptions, seed: int) -> list[dict]:
@@ -63,7 +76,7 @@ def batch_lines(o: BatchOptions, seed: int) -> list[dict]:
     for i in range(o.lines):
         p, n = rng.randint(*o.prompt_tokens), rng.randint(*o.max_tokens)
         body = {
-            "model": MODEL,
+            "model": o.model,
             "messages": [{"role": "user", "content": "abc " * max(1, p - 5)}],
             "max_tokens": n,
             "ignore_eos": True,
@@ -140,9 +153,9 @@ def _batch_token(stack: ProcessStack, name: str, o: BatchOptions) -> str:
 
 def run_saturation(o: BatchOptions, seed: int, workdir: str) -> BatchArmResult:
     """Straight to a fresh simulator: SATURATION_CLIENTS clients loop over the batch lines."""
-    stack = ProcessStack(workdir)
+    stack = ProcessStack(workdir, model=o.model)
     try:
-        url = stack.start_sim([*SIM, "--seed", str(seed)])
+        url = o.upstream(stack, seed)
         bodies = [orjson.dumps(line["body"]) for line in batch_lines(o, seed)]
         load_before = os.getloadavg()[0]
 
@@ -160,7 +173,7 @@ def run_saturation(o: BatchOptions, seed: int, workdir: str) -> BatchArmResult:
 
             hdr = {"content-type": "application/json"}
             async with aiohttp.ClientSession(headers=hdr, connector=aiohttp.TCPConnector(limit=0)) as s:
-                await asyncio.gather(*(client(s) for _ in range(SATURATION_CLIENTS)))
+                await asyncio.gather(*(client(s) for _ in range(o.saturation_clients)))
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             return sampler.samples
@@ -176,9 +189,9 @@ def run_saturation(o: BatchOptions, seed: int, workdir: str) -> BatchArmResult:
 def run_dispatcher_arm(
     name: str, o: BatchOptions, with_batch: bool, seed: int, workdir: str, consumer_env: dict[str, str]
 ) -> BatchArmResult:
-    stack = ProcessStack(workdir)
+    stack = ProcessStack(workdir, model=o.model)
     try:
-        url = stack.start_sim([*SIM, "--seed", str(seed)])
+        url = o.upstream(stack, seed)
         consumer = stack.start_consumer(url, **consumer_env).url  # type: ignore[attr-defined]
         started = time.monotonic()
         stack.start_sender(
@@ -193,10 +206,12 @@ def run_dispatcher_arm(
         _wait_ready([consumer])
         # The runner feeds no line in its first heartbeat TTL (5 s); start once it would.
         time.sleep(max(0.0, 6.0 - (time.monotonic() - started)))
-        target = Target([stack.url], MODEL, "dispatcher", {cls.name: cls})
+        target = Target([stack.url], o.model, "dispatcher", {cls.name: cls})
         arrivals = schedule([cls], o.duration, seed)
         res = BatchArmResult(name, [], [], o.duration, loadavg=(os.getloadavg()[0], 0.0))
-        procs = {"simulator": stack.procs[0].pid, "consumer": stack.procs[1].pid, "sender": stack.sender.pid}
+        procs = {"consumer": stack.consumers[0].pid, "sender": stack.sender.pid}
+        if not o.real_url:
+            procs = {"simulator": stack.procs[0].pid, **procs}
         cpu0, t0 = {k: cpu_seconds(pid) for k, pid in procs.items()}, time.monotonic()
 
         async def drive() -> None:
@@ -272,7 +287,7 @@ def run_scenario(o: BatchOptions, seed: int, workdir: str, consumer_env: dict[st
     both = run_dispatcher_arm("interactive + batch", o, True, seed, workdir, consumer_env)
     measured = window_tps(sat.samples, WARMUP_S, o.saturation_s)
     ratio = (sum(o.prompt_tokens) / 2) / (sum(o.max_tokens) / 2)
-    computed = computed_capacity(SIM, ratio)
+    computed = float("nan") if o.real_url else computed_capacity(SIM, ratio)
     a, b = class_stats(alone.records, "interactive"), class_stats(both.records, "interactive")
     done = both.batch_done_s
     busy = window_tps(both.samples, WARMUP_S, done)
