@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Callable
 
+import aiormq
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,6 +24,10 @@ from llm_dispatcher.serve import uvicorn_server, wait_for_signal
 log = logging.getLogger(__name__)
 
 EXIT_PORT_UNAVAILABLE = 1  # as uvicorn (the sender, the simulator) exits when its port is taken
+CONNECT_RETRY_MAX_S = 5.0  # start-up retries while the broker is unreachable back off from 0.5 s to this
+STILL_DOWN_LOG_S = 30.0  # and log a warning this often
+# What a start-up attempt raises when the broker is not there (yet): retried.
+_UNREACHABLE = (OSError, aiormq.exceptions.AMQPError, asyncio.TimeoutError, RuntimeError)
 
 
 def create_http_app(metrics: ConsumerMetrics, consumer: Callable[[], Consumer | None]) -> FastAPI:
@@ -67,14 +73,46 @@ async def serve(settings: ConsumerSettings, sock: socket.socket) -> None:
     server = uvicorn_server(app, settings.host, settings.port, settings.log_level)
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # ours: drain first
     http_task = asyncio.create_task(server.serve(sockets=[sock]))
-    consumer = await Consumer.create(settings, metrics)
-    holder.append(consumer)
-    await wait_for_signal()
-    log.info("draining: no new tickets, waiting for %d granted requests", consumer.in_flight)
-    await consumer.drain()
-    await consumer.stop()
+    stop = asyncio.create_task(wait_for_signal(), name="signal")
+    consumer = await start_consumer(settings, metrics, stop)
+    if consumer is not None:
+        holder.append(consumer)
+        await stop
+        log.info("draining: no new tickets, waiting for %d granted requests", consumer.in_flight)
+        await consumer.drain()
+        await consumer.stop()
     server.should_exit = True
     await http_task
+
+
+async def start_consumer(settings: ConsumerSettings, metrics: ConsumerMetrics, stop: asyncio.Task) -> Consumer | None:
+    """`Consumer.create`, retried (backing off to CONNECT_RETRY_MAX_S) while the broker is unreachable,
+    so that a release started in any order converges by itself; /readyz answers 503 "starting" meanwhile.
+    None when a signal came first."""
+    delay, started, last_log = 0.5, time.monotonic(), 0.0
+    while not stop.done():
+        attempt = asyncio.create_task(Consumer.create(settings, metrics), name="consumer-start")
+        await asyncio.wait([attempt, stop], return_when=asyncio.FIRST_COMPLETED)
+        if not attempt.done():
+            attempt.cancel()
+            await asyncio.gather(attempt, return_exceptions=True)
+            return None
+        try:
+            consumer = attempt.result()
+        except _UNREACHABLE as exc:
+            if time.monotonic() - last_log >= STILL_DOWN_LOG_S:
+                last_log = time.monotonic()
+                log.warning(
+                    "the message broker is unreachable (%r) %.0f s after start: not ready; retrying",
+                    exc, last_log - started,
+                )  # fmt: skip
+            await asyncio.wait([stop], timeout=delay)
+            delay = min(CONNECT_RETRY_MAX_S, delay * 2)
+            continue
+        if time.monotonic() - started > 1:
+            log.info("connected to the message broker after %.1f s", time.monotonic() - started)
+        return consumer
+    return None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

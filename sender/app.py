@@ -84,8 +84,9 @@ async def metrics_listener(settings: SenderSettings, metrics: SenderMetrics) -> 
 
 @contextlib.asynccontextmanager
 async def running_context(settings: SenderSettings) -> AsyncIterator[SenderContext]:
-    """Everything a request needs, built (database migrated and seeded, broker connected, metrics
-    served), and at the end: new requests refused, in-flight ones given the grace, all closed."""
+    """Everything a request needs, built (database migrated and seeded, broker connected or, when it is
+    down, connecting in the background with /readyz 503 until it is; metrics served), and at the end:
+    new requests refused, in-flight ones given the grace, all closed."""
     metrics = SenderMetrics()
     registry = Registry(settings.heartbeat_ttl_s, settings.models)
     store = Store(settings.database_url.get_secret_value())

@@ -8,6 +8,10 @@ Releases are never dropped on a send failure: they wait (bounded) and go out aft
 release that the broker lost anyway (it died with it in a buffer) is covered by the consumer: after
 its own reconnect it reclaims every lease no sender renews, and this sender renews the leases it
 still holds as soon as a consumer's heartbeat shows that new connection epoch.
+
+A broker that is down when the sender starts does not stop it: the dispatcher is made unconnected
+(`connected` False: /readyz 503, requests 503 with Retry-After) and connects in the background,
+retrying, so that a whole release started in any order converges by itself.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 import uuid
 from collections import deque
 
+import aiormq
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 from aiormq.abc import DeliveredMessage
 
@@ -33,27 +38,29 @@ from sender.settings import SenderSettings
 log = logging.getLogger(__name__)
 
 MAX_PENDING_RELEASES = 100_000  # beyond that the consumers' reconciliation reclaims the leases
+CONNECT_TIMEOUT_S = 10.0  # one start-up connection attempt (a node still booting may accept and not answer)
+CONNECT_RETRY_MAX_S = 5.0  # start-up retries back off from 0.5 s to this
+STILL_DOWN_LOG_S = 30.0  # while the broker stays unreachable at start, a warning this often
+
+# What a start-up connection attempt raises when the broker is not there (yet): retried.
+_UNREACHABLE = (OSError, aiormq.exceptions.AMQPError, asyncio.TimeoutError, RuntimeError)
 
 
 class Dispatcher:
-    """Built by `await Dispatcher.create(...)`: connected, subscribed and running when it returns."""
+    """Built by `await Dispatcher.create(...)`: connected, subscribed and running when it returns, or,
+    when the broker is unreachable then, not connected and connecting in the background."""
 
-    def __init__(
-        self,
-        settings: SenderSettings,
-        registry: Registry,
-        metrics: SenderMetrics,
-        link: amqp.BrokerLink,
-        reply_name: str,
-        cancels: AbstractExchange,
-    ):
+    link: amqp.BrokerLink  # set once the first connection is made (`_attached`)
+    cancels: AbstractExchange
+
+    def __init__(self, settings: SenderSettings, registry: Registry, metrics: SenderMetrics):
         self.settings = settings
         self.registry = registry
         self.metrics = metrics
         self.prefix = settings.queue_prefix
-        self.link = link
-        self.cancels = cancels
-        self._reply_name = reply_name
+        self._attached = False
+        self._connecting: asyncio.Task | None = None
+        self._reply_name = f"{self.prefix}.reply.{uuid.uuid4().hex}"
         self._waiting: dict[str, asyncio.Future[Grant]] = {}
         self._batch_waiting: dict[str, int] = {}  # model -> this sender's batch-line tickets in its queue
         self._depth_calls: dict[str, asyncio.Future[int]] = {}
@@ -67,35 +74,74 @@ class Dispatcher:
         self._flush_task: asyncio.Task | None = None
         self._epochs: dict[str, int] = {}  # consumer control queue -> its connection epoch, from heartbeats
         self._shapes: dict[str, amqp.QueueShape] = {}  # model -> how its queue is declared, found once
-        link.on_lost(self._on_lost)
-        link.on_restored(self._on_restored)
 
     @classmethod
     async def create(cls, settings: SenderSettings, registry: Registry, metrics: SenderMetrics) -> Dispatcher:
-        prefix = settings.queue_prefix
-        reply_name = f"{prefix}.reply.{uuid.uuid4().hex}"
-        link = await amqp.BrokerLink.open(
-            settings.amqp_url.get_secret_value(), f"sender:{reply_name}", retry_after_s=settings.retry_after_s
+        self = cls(settings, registry, metrics)
+        try:
+            await self._connect()
+        except _UNREACHABLE as exc:
+            log.warning("the message broker is unreachable (%r): not ready; connecting in the background", exc)
+            self._connecting = asyncio.get_running_loop().create_task(self._connect_until_up(), name="broker-connect")
+        return self
+
+    async def _connect(self) -> None:
+        """One attempt: connect, declare, subscribe. Once it succeeded, aio-pika's robust connection
+        restores all of it after every later loss."""
+        st, prefix = self.settings, self.prefix
+        link = await asyncio.wait_for(
+            amqp.BrokerLink.open(
+                st.amqp_url.get_secret_value(), f"sender:{self._reply_name}", retry_after_s=st.retry_after_s
+            ),
+            CONNECT_TIMEOUT_S,
         )
-        channel = link.channel
-        cancels = await amqp.declare_fanout(channel, protocol.cancel_exchange(prefix))
-        heartbeats = await amqp.declare_fanout(channel, protocol.heartbeat_exchange(prefix))
-        await channel.declare_queue(reply_name, exclusive=True, auto_delete=True)
-        self = cls(settings, registry, metrics, link, reply_name, cancels)
-        await self._consume_replies()
-        hb_queue = await channel.declare_queue(f"{prefix}.hb.{uuid.uuid4().hex}", exclusive=True, auto_delete=True)
-        await hb_queue.bind(heartbeats)
-        await hb_queue.consume(self._on_heartbeat, no_ack=True)
+        try:
+            channel = link.channel
+            self.link = link
+            self.cancels = await amqp.declare_fanout(channel, protocol.cancel_exchange(prefix))
+            heartbeats = await amqp.declare_fanout(channel, protocol.heartbeat_exchange(prefix))
+            await channel.declare_queue(self._reply_name, exclusive=True, auto_delete=True)
+            await self._consume_replies()
+            hb_name = f"{prefix}.hb.{uuid.uuid4().hex}"
+            hb_queue = await channel.declare_queue(hb_name, exclusive=True, auto_delete=True)
+            await hb_queue.bind(heartbeats)
+            await hb_queue.consume(self._on_heartbeat, no_ack=True)
+        except BaseException:
+            await link.close()
+            raise
+        link.on_lost(self._on_lost)
+        link.on_restored(self._on_restored)
         link.spawn(self._depth_loop(), "queue-depth")
         link.spawn(self._renew_loop(), "lease-renewal")
-        return self
+        self._attached = True
+
+    async def _connect_until_up(self) -> None:
+        """Start-up retries while the broker is unreachable, backing off to CONNECT_RETRY_MAX_S."""
+        started = last_log = time.monotonic()
+        delay = 0.5
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self._connect()
+            except _UNREACHABLE as exc:
+                delay = min(CONNECT_RETRY_MAX_S, delay * 2)
+                if time.monotonic() - last_log >= STILL_DOWN_LOG_S:
+                    last_log = time.monotonic()
+                    log.warning("the message broker is still unreachable after %.0f s: %r", last_log - started, exc)
+                continue
+            log.info("connected to the message broker after %.1f s", time.monotonic() - started)
+            return
 
     @property
     def connected(self) -> bool:
-        return self.link.connected
+        return self._attached and self.link.connected
 
     async def stop(self) -> None:
-        await self.link.close()
+        if self._connecting is not None:
+            self._connecting.cancel()
+            await asyncio.gather(self._connecting, return_exceptions=True)
+        if self._attached:
+            await self.link.close()
         self._fail_waiting("the sender is shutting down")
 
     # -- connection events ---------------------------------------------------------------------
@@ -215,6 +261,8 @@ class Dispatcher:
         sender/fairness.py). Raises QueueTimeoutError, BrokerUnavailableError; a cancellation (client
         gone) abandons the ticket so that no consumer grants it."""
         timeout = self.settings.queue_timeout_s
+        if not self._attached:  # never connected yet (started while the broker was down)
+            raise BrokerUnavailableError("the message broker is unreachable", retry_after=self.settings.retry_after_s)
         ticket = Ticket(
             id=uuid.uuid4().hex,
             model=model,
