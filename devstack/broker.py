@@ -3,6 +3,7 @@ benchmarks that stop, restart or SIGKILL the broker without touching the machine
 
     with PrivateBroker() as broker:      # started; broker.url is its amqp:// URL
         broker.kill()                    # SIGKILL: no goodbye to any client
+        broker.shutdown()                # graceful: the node closes every connection, then exits
         broker.start()                   # the same node again (same data, same port)
 """
 
@@ -97,6 +98,24 @@ class PrivateBroker:
         deadline = time.monotonic() + 10
         while self.accepting() and time.monotonic() < deadline:
             time.sleep(0.05)
+
+    def shutdown(self, timeout_s: float = 60.0) -> None:
+        """Stop the node gracefully (SIGTERM: connections closed with a close frame, queues synced to
+        disk); SIGKILL only if it outlives `timeout_s`."""
+        if self._pid is not None:
+            try:
+                os.kill(self._pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+        deadline = time.monotonic() + timeout_s
+        while self.accepting() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.kill()  # whatever is left of it (the process group)
 
     def stop(self) -> None:
         self.kill()
