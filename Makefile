@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast test-unit test-real-vllm lint bench services browser real-vllm real-vllm-stop clean
+.PHONY: run test test-fast test-unit test-real-vllm lint bench services browser prometheus real-vllm real-vllm-stop clean
 
 REAL_VLLM_PORT ?= 18000
 
@@ -22,14 +22,18 @@ services:
 browser:
 	bash scripts/ensure-chromium.sh
 
+# Debian's prometheus (prometheus, promtool) for the monitoring tests: installed once, when missing.
+prometheus:
+	bash scripts/ensure-prometheus.sh
+
 run: $(STAMP) services
 	$(BIN)/llm-dispatcher dev
 
-test: $(STAMP) services browser
+test: $(STAMP) services browser prometheus
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Every tier except real vLLM (tests/real_vllm's engine half installs and starts a real vLLM on CPU: minutes).
-test-fast: $(STAMP) services browser
+test-fast: $(STAMP) services browser prometheus
 	$(BIN)/python -m pytest -m 'not real_vllm' $(PYTEST_ARGS)
 
 # The unit tier alone (tests/unit: pure logic, no service needed): seconds.

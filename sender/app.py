@@ -111,6 +111,7 @@ async def running_context(settings: SenderSettings) -> AsyncIterator[SenderConte
         fairness=FairShare(settings.fair_levels, settings.fair_quantum_tokens),
         limits=limit_store(settings),
     )
+    metrics.ready.set_function(lambda: 1.0 if ctx.dispatcher.connected and not ctx.draining else 0.0)
     runner = BatchRunner(ctx, store) if settings.batch_runner else None
     try:
         async with metrics_listener(settings, metrics):

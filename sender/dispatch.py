@@ -249,9 +249,8 @@ class Dispatcher:
             for model in models:
                 with contextlib.suppress(Exception):
                     await self.depth(model)
-            for model in models:
-                live = self.registry.live(model)
-                self.metrics.replicas_live.labels(model).set(len(live))
+            for model in self.registry.model_names():  # configured or seen: 0 once the last replica is gone
+                self.metrics.replicas_live.labels(model).set(len(self.registry.live(model)))
 
     # -- tickets and grants --------------------------------------------------------------------
     async def acquire(

@@ -71,6 +71,12 @@ class SenderMetrics:
             "llmd_releases_dropped", "Lease releases not kept for resending (too many pending)", registry=r
         )
         self.usage_pending = Gauge("llmd_usage_records_pending", "Usage records waiting to be written", registry=r)
+        self.ready = Gauge(
+            "llmd_sender_ready", "1 while /readyz answers 200 (broker connected, not draining)", registry=r
+        )
+        self.batch_lines = Counter(
+            "llmd_batch_lines", "Batch lines ended, by model and outcome", ("model", "outcome"), registry=r
+        )
         # The same refusals over the last minutes, by reason, for the admin API (not exported).
         self.recent_refusals = RefusalCounter()
 

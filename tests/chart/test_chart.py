@@ -445,9 +445,7 @@ def test_selector_labels_stay_the_same_across_chart_versions_and_user_labels(cha
     shutil.copytree(CHART, bumped)
     meta = bumped / "Chart.yaml"
     meta.write_text(
-        meta.read_text()
-        .replace("version: 0.1.0", "version: 9.9.9")
-        .replace('appVersion: "0.1.0"', 'appVersion: "9.9.9"')
+        re.sub(r'^(version|appVersion): "?[0-9.]+"?$', r'\1: "9.9.9"', meta.read_text(), flags=re.M)
     )
     values["commonLabels"] = {"team": "other", "cost-center": "42"}
     with helm.Chart.load(bumped) as other:

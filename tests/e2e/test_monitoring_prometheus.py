@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import yaml
 
@@ -179,6 +180,21 @@ def chat(url: str, token: str, *, stream: bool = False, max_tokens: int = 8) -> 
     return r.status_code
 
 
+def run_one_line_batch(url: str, token: str) -> None:
+    """A batch of one line, to completion (the batch-progress panel's series)."""
+    client = openai.OpenAI(base_url=url + "/v1", api_key=token, max_retries=0)
+    line = {"custom_id": "one", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}}  # fmt: skip
+    upload = client.files.create(file=("one.jsonl", json.dumps(line).encode() + b"\n"), purpose="batch")
+    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    deadline = time.monotonic() + 30
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        assert time.monotonic() < deadline, f"the batch is still {batch.status}"
+        time.sleep(0.2)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed", batch
+
+
 @pytest.fixture(scope="module")
 def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProcessStack, Prometheus]]:
     workdir = tmp_path_factory.mktemp("monitoring")
@@ -206,6 +222,7 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proces
         statuses = [chat(stack.url, served, stream=i % 2 == 0) for i in range(12)]
         statuses += [chat(stack.url, shed) for _ in range(3)] + [chat(stack.url, limited) for _ in range(3)]
         assert statuses.count(200) == 13 and statuses.count(429) == 5, statuses
+        run_one_line_batch(stack.url, served)
         # Two scrapes at least after the load, so that every rate() has its two samples.
         deadline = time.monotonic() + 30
         while not prometheus.query("count_over_time(llmd_refusals_total[1m]) >= 3"):
