@@ -11,11 +11,13 @@ Every step fills the request's `Outcome`; `record` reads only that.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 
 import aiohttp
+import orjson
 
 from llm_dispatcher.db import TokenRecord, UsageRecord
 from llm_dispatcher.errors import (
@@ -25,6 +27,7 @@ from llm_dispatcher.errors import (
     PermissionDeniedError,
     RateLimitError,
     UpstreamError,
+    error_body,
     shorten,
 )
 from llm_dispatcher.protocol import Grant, clamp_priority
@@ -38,6 +41,15 @@ from sender.usage import Tail, UsageEventFilter
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("sender.access")  # one line per request (LLMD_ACCESS_LOG), apart from the rest
+
+
+# Ends a stream whose model server was lost mid-way (blank lines first: they end a cut event, and are
+# ignored after a whole one).
+STREAM_LOST_EVENT = (
+    b"\n\ndata: "
+    + orjson.dumps(error_body("the model server was lost mid-stream", "server_error", None, "upstream_disconnected"))
+    + b"\n\ndata: [DONE]\n\n"
+)
 
 
 class UpstreamBroken(Exception):
@@ -269,9 +281,13 @@ async def relay(
         rest = event_filter.flush() if event_filter is not None else b""
         await send({"type": "http.response.body", "body": rest, "more_body": False})
     except (TimeoutError, aiohttp.ClientError) as exc:
-        # Headers are gone already: all we can do is end the response early.
+        # Headers are gone already: a stream ends with an error event and [DONE], as vLLM ends one whose
+        # engine failed, so that the client reads a clear error; any other body can only be cut short.
         log.warning("upstream failed mid-response: %r", exc, extra={"replica": grant.replica})
         upstream.close()
+        if sse:
+            with contextlib.suppress(Exception):
+                await send({"type": "http.response.body", "body": STREAM_LOST_EVENT, "more_body": False})
         raise UpstreamBroken() from exc
     finally:
         upstream.release()

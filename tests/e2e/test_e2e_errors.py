@@ -161,21 +161,29 @@ def test_unknown_routes_answer_in_the_openai_shape(sim_stack):
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
 
 
-def test_a_vllm_that_drops_mid_stream_cuts_the_response_and_the_lease_is_released(stack_factory):
+def test_a_vllm_that_drops_mid_stream_ends_the_stream_with_an_error_event_and_the_lease_is_released(
+    stack_factory,
+):
     s = stack_factory(usage_flush_interval_s=0.1)
     sim = s.add_sim(model="m", itl_base=0.005, drop_mid_stream_rate=1.0)
     s.add_consumer("m", sim)
     token = s.create_token("t", priority=5, threshold=10)
     s.wait_models({"m"}, token)
     c = openai.OpenAI(base_url=s.base_url, api_key=token, max_retries=0)
-    with pytest.raises(openai.APIError):
+    with pytest.raises(openai.APIError, match="lost mid-stream"):  # the error event, not a broken connection
         for _ in c.chat.completions.create(
             model="m", messages=[{"role": "user", "content": "x"}], max_tokens=40, stream=True
         ):
             pass
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 40, "stream": True}
+    with httpx.stream(
+        "POST", s.base_url + "/chat/completions", json=body, headers={"authorization": f"Bearer {token}"}
+    ) as r:
+        raw = b"".join(r.iter_bytes())  # read to its end: no transport error
+    assert raw.endswith(b"data: [DONE]\n\n") and b'"code":"upstream_disconnected"' in raw
     s.wait_idle()
-    (record,) = s.usage_rows(1)
-    assert record["status"] == 502  # recorded as an upstream failure, not a client disconnect
+    records = s.usage_rows(2)
+    assert [r["status"] for r in records] == [502, 502]  # recorded as an upstream failure, not a client disconnect
 
 
 def test_400_for_a_priority_header_that_is_not_an_integer(sim_stack):
