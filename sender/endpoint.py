@@ -54,7 +54,7 @@ class RequestIdMiddleware:
             elif k == AUTHORIZATION:
                 authorizations += 1
         request_id, refusal = None, None
-        if raw_id is not None:
+        if raw_id:  # an empty header is no id: one is made, as for none
             request_id = client_request_id(raw_id)
             if request_id is None:
                 refusal = InvalidRequestError("X-Request-Id must be printable ASCII", param="X-Request-Id")

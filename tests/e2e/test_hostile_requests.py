@@ -231,3 +231,12 @@ def test_request_headers_over_the_bound_get_431_and_the_connection_closed(stack_
     refused = send_head(1_000_000)
     assert refused.startswith(b"HTTP/1.1 431"), refused[:100]
     assert orjson.loads(refused.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_header_fields_too_large"
+
+
+def test_an_empty_request_id_is_taken_as_none_and_one_is_made(sim_stack):
+    r = httpx.post(
+        sim_stack.base_url + "/chat/completions",
+        json=CHAT,
+        headers={"authorization": f"Bearer {sim_stack.token}", "x-request-id": ""},
+    )
+    assert r.status_code == 200 and len(r.headers["x-request-id"]) == 32
