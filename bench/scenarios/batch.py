@@ -320,10 +320,9 @@ def _report(
         f"### Scenario 6 (interactive at ~60 % + a {o.lines:,}-line batch) — interactive window {d:g} s\n",
         f"Capacity: **{measured:.0f} output tokens/s measured** (saturation arm, {o.saturation_clients} closed-loop "
         f"clients straight to {'the real vLLM' if o.real_url else 'the simulator'}, {WARMUP_S:g}-{o.saturation_s:g} s, "
-        f"{window_running(sat.samples, WARMUP_S, o.saturation_s):.1f} sequences running on average); "(
-            "" if o.real_url else f"{computed:.0f} computed from the simulator's settings."
-        )
-        + "\n",
+        f"{window_running(sat.samples, WARMUP_S, o.saturation_s):.1f} sequences running on average)"
+        + ("" if o.real_url else f"; {computed:.0f} computed from the simulator's settings")
+        + ".\n",
         "| arm | interactive requests | ok | 429 | 503 | cut | TTFT p50 | TTFT p95 | e2e p50 | e2e p95 | "
         f"stream tok/s p10 | engine tok/s {WARMUP_S:g}-{d:g} s | sequences running {WARMUP_S:g}-{d:g} s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
