@@ -21,8 +21,8 @@ ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 MODEL = "sim-model"
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator:
+@pytest.fixture(scope="module")  # not longer: Playwright's sync API keeps an event loop running in this thread,
+def browser() -> Iterator:  # and the async tests of the modules after this one need it gone
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright's Python package is not installed")
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip(f"no Chromium at {CHROMIUM}: run `bash scripts/ensure-chromium.sh` (or set LLMD_TEST_CHROMIUM)")
