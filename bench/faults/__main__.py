@@ -18,7 +18,7 @@ import time
 from bench.faults import __doc__ as DOC
 from bench.faults.load import Shape
 from bench.faults.report import table
-from bench.faults.run import Options, passed, run_scenario
+from bench.faults.run import SHORT_OPTIONS, Options, passed, run_scenario
 from bench.faults.scenarios import SCENARIOS, SHORT
 from bench.faults.stack import old_release
 from devstack.broker import PrivateBroker
@@ -58,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="bench/faults", description=DOC, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"default: all ({', '.join(SCENARIOS)})")
-    ap.add_argument("--short", action="store_true", help=f"{', '.join(SHORT)}, 15 s of load each")
-    ap.add_argument("--duration", type=float, help="seconds of arrivals per scenario (default 40; --short 15)")
-    ap.add_argument("--fault-at", type=float, default=None, help="seconds into the load (default 10; --short 5)")
-    ap.add_argument("--rate", type=float, default=Shape.rate, help="requests/s (default %(default)s)")
+    ap.add_argument("--short", action="store_true", help=f"{', '.join(SHORT)}: 16 s of load at 12 requests/s each")
+    ap.add_argument("--duration", type=float, help="seconds of arrivals per scenario (default 40; --short 16)")
+    ap.add_argument("--fault-at", type=float, default=None, help="seconds into the load (default 10; --short 4)")
+    ap.add_argument("--rate", type=float, default=None, help="requests/s (default 22; --short 12)")
     ap.add_argument("--seed", type=int, default=Shape.seed)
     ap.add_argument(
         "--out", type=Path, default=None, help="JSON of every request (default: bench/results/faults-<time>.json)"
@@ -73,10 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")
     if not broker_available():
         ap.error("needs rabbitmq-server on this machine")
+    base = SHORT_OPTIONS if args.short else Options()
     opts = Options(
-        duration=args.duration or (15.0 if args.short else 40.0),
-        fault_at=args.fault_at if args.fault_at is not None else (5.0 if args.short else 10.0),
-        shape=Shape(rate=args.rate, seed=args.seed),
+        duration=args.duration or base.duration,
+        fault_at=args.fault_at if args.fault_at is not None else base.fault_at,
+        shape=Shape(rate=args.rate or base.shape.rate, seed=args.seed),
     )
     out = args.out or ROOT / "bench" / "results" / f"faults-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,10 +21,12 @@ def check_cell(c: dict) -> str:
 
 NOTE_KEYS = {
     "broker_down_s": "broker away {} s",
+    "ok_again_after_s": "first OK {} s after it accepted again",
     "storm": "storm: {}",
     "storm_reached_vllm": "{} of them reached vLLM",
     "vllm_aborts": "vLLM aborts {}",
-    "tickets_dropped_as_cancelled": "cancelled tickets dropped by consumers {}",
+    "tickets_dropped_as_cancelled": "tickets of hung-up clients dropped unserved by consumers {}",
+    "granted_after_hang_up_released": "granted as the client hung up, released at once {}",
     "uncached_token_during_outage": "uncached token during the outage: {}",
     "stale_cache_hits": "cached token served stale {} times",
     "usage_rows": "usage rows {}",

@@ -30,6 +30,11 @@ class Options:
     shape: Shape = field(default_factory=Shape)
 
 
+# `--short` and tests/e2e/test_faults_short.py: 16 s of arrivals at 12 requests/s, the fault at 4 s (a
+# killed broker is back ~8 s later), about 50 s a scenario with its checks.
+SHORT_OPTIONS = Options(duration=16.0, fault_at=4.0, shape=Shape(rate=12.0))
+
+
 async def run_scenario(
     sc: Scenario, broker: PrivateBroker, opts: Options, workdir: str, old: OldRelease | None = None
 ) -> dict:
@@ -65,6 +70,10 @@ async def run_scenario(
         finalize(load.results)
         # From the last answer, or the fault's end if it outlasted the load (an outage, a reclaim).
         ended = max([run.now(), *(r.end for r in load.results)])
+        if "broker_down_s" in run.notes:  # the first request started after the node's return that succeeded
+            back = run.notes["fault_end"]
+            starts = [r.start for r in load.results if r.klass == "ok" and r.start >= back]
+            run.notes["ok_again_after_s"] = round(min(starts) - back, 1) if starts else None
         checks = {}
         for c in opts.checks:
             await run.at(ended + c)

@@ -141,7 +141,10 @@ async def disconnect_storm(run: Run) -> None:
         stack.counter, stack.sims(), "vllm:request_success", finished_reason="abort"
     )
     dropped_before = await asyncio.to_thread(
-        stack.counter, stack.consumers(), "llmd_consumer_dropped", reason="cancelled"
+        stack.counter, stack.consumers(), "llmd_consumer_tickets_dropped", reason="cancelled"
+    )
+    released_before = await asyncio.to_thread(
+        stack.counter, stack.consumers(), "llmd_consumer_releases", reason="abandoned"
     )
     states: dict[str, int] = {}
     url = stack.sender_urls()[0] + "/v1/chat/completions"
@@ -182,12 +185,16 @@ async def disconnect_storm(run: Run) -> None:
     run.notes["fault_end"] = run.now()
     await asyncio.sleep(3.0)  # aborts reach vLLM, cancels reach the consumers
     aborts = await asyncio.to_thread(stack.counter, stack.sims(), "vllm:request_success", finished_reason="abort")
-    dropped = await asyncio.to_thread(stack.counter, stack.consumers(), "llmd_consumer_dropped", reason="cancelled")
+    dropped = await asyncio.to_thread(
+        stack.counter, stack.consumers(), "llmd_consumer_tickets_dropped", reason="cancelled"
+    )
     run.notes["storm"] = dict(sorted(states.items()))
     reached = states.get("mid-stream", 0) + states.get("before the first token", 0)
     run.notes["storm_reached_vllm"] = reached
     run.notes["vllm_aborts"] = int(aborts - aborts_before)
     run.notes["tickets_dropped_as_cancelled"] = int(dropped - dropped_before)
+    released = await asyncio.to_thread(stack.counter, stack.consumers(), "llmd_consumer_releases", reason="abandoned")
+    run.notes["granted_after_hang_up_released"] = int(released - released_before)
 
 
 # -- the token database ----------------------------------------------------------------------------
@@ -238,7 +245,7 @@ async def sender_kill(run: Run) -> None:
     def leaked() -> float:
         leases = stack.leases()
         held = sum(v or 0 for v in leases.values())
-        return held - (stack.sender_in_flight().get("sender1") or 0)
+        return held - (stack.sender_in_flight(waiting=False).get("sender1") or 0)
 
     first = await asyncio.to_thread(leaked)
     run.notes["leases_of_killed_sender"] = int(max(0, first))
@@ -305,7 +312,7 @@ SCENARIOS: dict[str, Scenario] = {
     ]
 }
 
-SHORT = ["broker-kill", "consumer-kill", "disconnect-storm"]
+SHORT = ["broker-kill", "replica-kill", "disconnect-storm"]
 
 
 def fresh_name(prefix: str) -> str:

@@ -185,8 +185,9 @@ class FaultStack:
                 out[p.name] = None
         return out
 
-    def sender_in_flight(self) -> dict[str, float | None]:
-        """Per sender: requests being proxied plus tickets waiting (llmd_in_flight + llmd_waiting_tickets)."""
+    def sender_in_flight(self, waiting: bool = True) -> dict[str, float | None]:
+        """Per sender: requests being proxied (llmd_in_flight), plus tickets waiting (llmd_waiting_tickets)
+        unless `waiting` is False."""
         out: dict[str, float | None] = {}
         for p in self.senders_live():
             try:
@@ -194,7 +195,9 @@ class FaultStack:
             except OSError:
                 out[p.name] = None
                 continue
-            out[p.name] = metric_sum(text, "llmd_in_flight") + metric_sum(text, "llmd_waiting_tickets")
+            out[p.name] = metric_sum(text, "llmd_in_flight") + (
+                metric_sum(text, "llmd_waiting_tickets") if waiting else 0
+            )
         return out
 
     def counter(self, procs: list[Proc], name: str, **labels: str) -> float:
