@@ -444,9 +444,7 @@ def test_selector_labels_stay_the_same_across_chart_versions_and_user_labels(cha
     bumped = tmp_path / "llm-dispatcher"
     shutil.copytree(CHART, bumped)
     meta = bumped / "Chart.yaml"
-    meta.write_text(
-        re.sub(r'^(version|appVersion): "?[0-9.]+"?$', r'\1: "9.9.9"', meta.read_text(), flags=re.M)
-    )
+    meta.write_text(re.sub(r'^(version|appVersion): "?[0-9.]+"?$', r'\1: "9.9.9"', meta.read_text(), flags=re.M))
     values["commonLabels"] = {"team": "other", "cost-center": "42"}
     with helm.Chart.load(bumped) as other:
         docs = render(other, values)
