@@ -215,7 +215,9 @@ class BatchRunner:
             if not stored:
                 with contextlib.suppress(Exception):
                     await self.store.give_back(batch.id, line.line_no, self.id)
-            outcome_label = "requeued" if not stored else ("failed" if answer[0] >= 400 else "completed")
+            outcome_label = (
+                "requeued" if answer is None or not stored else ("failed" if answer[0] >= 400 else "completed")
+            )
             self.ctx.metrics.batch_lines.labels(self.ctx.model_label(line.model), outcome_label).inc()
             if outcome.token is not None:
                 await steps.record(self.ctx, "POST", batch.endpoint, outcome)
