@@ -228,13 +228,6 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
-def broker_listening(port: int = 5672) -> int | None:
-    """The pid of the RabbitMQ listening on `port` (tests may run private brokers beside it); else any."""
-    out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True).stdout
-    m = re.search(r"pid=(\d+)", out)
-    return int(m.group(1)) if m else broker_pid()
-
-
 def rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -301,7 +294,7 @@ def short_requests(args: argparse.Namespace) -> dict:
         path = "/v1/chat/completions"
         arms: dict[str, dict] = {"direct": {"url": upstream + path, "token": None, "pids": {"upstream": sim_pid}}}
         pids = {"sender": stack.sender.pid, "consumer": stack.consumers[0].pid, "upstream": sim_pid}
-        if (beam := broker_listening()) is not None:
+        if (beam := broker_pid()) is not None:
             pids["rabbitmq"] = beam
         arms["llm-dispatcher"] = {"url": stack.url + path, "token": token, "pids": pids}
         if "litellm" in exes:
@@ -537,7 +530,7 @@ def streams(args: argparse.Namespace) -> dict:
         sim_pid = stack.procs[0].pid
         path = "/v1/chat/completions"
         pids = {"sender": stack.sender.pid, "consumer": stack.consumers[0].pid, "upstream": sim_pid}
-        if (beam := broker_listening()) is not None:
+        if (beam := broker_pid()) is not None:
             pids["rabbitmq"] = beam
         for n in counts:
             direct = stream_run(stack.sim_urls[0] + path, "", n, args.stream_tokens, {"upstream": sim_pid}, None)

@@ -57,7 +57,11 @@ def wrk(url: str, token: str | None, concurrency: int, duration: float, workdir:
     }
 
 
-def broker_pid() -> int | None:
+def broker_pid(port: int = 5672) -> int | None:
+    """The pid of the RabbitMQ listening on `port` (tests may run private nodes beside it); else any."""
+    listening = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True).stdout
+    if m := re.search(r"pid=(\d+)", listening):
+        return int(m.group(1))
     out = subprocess.run(["pgrep", "-f", "beam.smp"], capture_output=True, text=True).stdout.split()
     return int(out[0]) if out else None
 
