@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast test-unit test-real-vllm lint bench services browser prometheus real-vllm real-vllm-stop clean
+.PHONY: run test test-fast test-unit test-real-vllm lint bench services browser prometheus wrk real-vllm real-vllm-stop clean
 
 REAL_VLLM_PORT ?= 18000
 
@@ -25,6 +25,10 @@ browser:
 # Debian's prometheus (prometheus, promtool) for the monitoring tests: installed once, when missing.
 prometheus:
 	bash scripts/ensure-prometheus.sh
+
+# Debian's wrk, the load generator of the benchmarks (bench/overhead.py, bench/compare.py).
+wrk:
+	bash scripts/ensure-wrk.sh
 
 run: $(STAMP) services
 	$(BIN)/llm-dispatcher dev
@@ -58,7 +62,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 
-bench: $(STAMP) services
+bench: $(STAMP) services wrk
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/overhead.py
 
