@@ -63,7 +63,6 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP) services wrk
-	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/overhead.py
 
 clean:
