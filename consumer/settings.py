@@ -32,7 +32,10 @@ class ConsumerSettings(CommonSettings):
     metrics_stale_after_s: float = Field(5.0, gt=0, description="Older metrics are ignored (in-flight cap only)")
     unhealthy_after_s: float = Field(2.0, gt=0, description="Stop pulling when /health failed this long")
     lease_ttl_s: float = Field(
-        120.0, gt=0, description="A lease neither released nor renewed (senders renew every ttl/3) is reclaimed"
+        30.0,
+        gt=0,
+        description="A lease neither released nor renewed (senders renew every ttl/3) is reclaimed: how long a "
+        "sender that died holds its slots",
     )
     lease_reconcile_s: float = Field(
         10.0,
