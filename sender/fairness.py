@@ -18,6 +18,7 @@ sub-level, up to 3 quanta the next, up to 7 the next, and so on down to the band
 
 from __future__ import annotations
 
+import collections
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -63,7 +64,11 @@ class Share:
 
 
 class FairShare:
-    """Outstanding cost per (model, band, key) at this sender; no shared state, nothing to wait on."""
+    """Outstanding cost per (model, band, key) at this sender; no shared state, nothing to wait on.
+
+    A key's own tickets keep their order: a new ticket never goes above the sub-level of the key's
+    tickets still waiting (when some of its requests end, what it holds drops, and its next ticket
+    would otherwise overtake its older ones, which then wait the longest)."""
 
     def __init__(self, levels: int, quantum: float):
         if levels < 1 or quantum <= 0:
@@ -71,12 +76,31 @@ class FairShare:
         self.levels = levels
         self.quantum = quantum
         self._outstanding: dict[tuple[str, int, str], int] = {}
+        self._waiting: dict[tuple[str, int, str], collections.Counter[int]] = {}  # sub-levels of waiting tickets
 
     def enter(self, model: str, band: int, key: str, cost: int) -> Share:
+        """A new request of `key`: counted as held, and waiting, at its sub-level."""
         slot = (model, band, key)
         held = self._outstanding.get(slot, 0)
         self._outstanding[slot] = held + cost
-        return Share(model, band, key, cost, sub_level(held, self.quantum, self.levels))
+        sub = sub_level(held, self.quantum, self.levels)
+        waiting = self._waiting.setdefault(slot, collections.Counter())
+        if waiting:
+            sub = min(sub, min(waiting))
+        waiting[sub] += 1
+        return Share(model, band, key, cost, sub)
+
+    def stop_waiting(self, share: Share) -> None:
+        """Its ticket was granted, or given up: it no longer holds back the key's next ones."""
+        slot = (share.model, share.band, share.key)
+        waiting = self._waiting.get(slot)
+        if waiting is None or not waiting[share.sub]:
+            return
+        waiting[share.sub] -= 1
+        if not waiting[share.sub]:
+            del waiting[share.sub]
+        if not waiting:
+            del self._waiting[slot]
 
     def leave(self, share: Share) -> None:
         slot = (share.model, share.band, share.key)

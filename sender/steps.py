@@ -221,9 +221,12 @@ async def dispatch(ctx: SenderContext, admission: Admission, outcome: Outcome, *
     cost = estimated_cost(admission.body, admission.payload)
     key = fair_key(admission, outcome.end_user)
     share = outcome.share = ctx.fairness.enter(admission.model, admission.priority, key, cost)
-    grant = outcome.grant = await ctx.dispatcher.acquire(
-        admission.model, admission.priority, outcome.request_id, batch=batch, sub=share.sub
-    )
+    try:
+        grant = outcome.grant = await ctx.dispatcher.acquire(
+            admission.model, admission.priority, outcome.request_id, batch=batch, sub=share.sub
+        )
+    finally:
+        ctx.fairness.stop_waiting(share)
     ctx.metrics.in_flight.labels(admission.model).inc()
     outcome.queue_wait_s = time.perf_counter() - outcome.started
     ctx.metrics.queue_wait.labels(admission.model, str(admission.priority)).observe(outcome.queue_wait_s)

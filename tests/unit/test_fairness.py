@@ -55,6 +55,7 @@ def test_a_lone_key_starts_at_the_top_and_comes_back_up_when_its_requests_end() 
     shares = [book.enter("m", 5, "k", 1000) for _ in range(10)]
     assert [s.sub for s in shares[:4]] == [3, 2, 2, 1]
     for s in shares:
+        book.stop_waiting(s)
         book.leave(s)
     assert book.outstanding("m", 5, "k") == 0
     assert book.enter("m", 5, "k", 1000).sub == 3
@@ -83,3 +84,30 @@ def test_levels_that_would_pass_rabbitmqs_255_priorities_are_refused() -> None:
     with pytest.raises(ValueError, match="at most 255"):
         CommonSettings(max_priority=10, fair_levels=24)
     assert CommonSettings(max_priority=10, fair_levels=23).fair_levels == 23
+
+
+def test_a_keys_new_ticket_never_overtakes_its_own_tickets_still_waiting() -> None:
+    book = FairShare(levels=4, quantum=1000)
+    running = [book.enter("m", 5, "k", 1000) for _ in range(8)]  # the first ones get slots...
+    for s in running[:4]:
+        book.stop_waiting(s)
+    waiting = running[4:]  # ...the last four wait, the latest at the lowest sub-level
+    assert waiting[-1].sub == 0
+    for s in running[:4]:  # the running ones end: what the key holds drops
+        book.leave(s)
+    newer = book.enter("m", 5, "k", 1000)
+    assert newer.sub == 0, "not above its older tickets still waiting"
+    for s in waiting:
+        book.stop_waiting(s)
+    assert book.enter("m", 5, "k", 1000).sub < 3, "it still holds the four granted ones and the newer"
+    for s in [*waiting, newer]:
+        book.leave(s)
+
+
+def test_stop_waiting_is_idempotent_and_forgets_empty_keys() -> None:
+    book = FairShare(levels=4, quantum=1000)
+    s = book.enter("m", 5, "k", 10)
+    book.stop_waiting(s)
+    book.stop_waiting(s)
+    book.leave(s)
+    assert book.enter("m", 5, "k", 10).sub == 3
