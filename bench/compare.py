@@ -436,48 +436,22 @@ def report_short(data: dict) -> str:
 
 # -- streams --------------------------------------------------------------------------------------
 async def _streams(url: str, n: int, max_tokens: int, token: str) -> dict:
-    import aiohttp
+    from loadgen import stream_clients
 
     body = json.dumps({**BODY, "max_tokens": max_tokens, "stream": True}).encode()
     headers = {"content-type": "application/json"}
     if token:
         headers["authorization"] = f"Bearer {token}"
-    gaps: list[float] = []
-    ttfts: list[float] = []
-    events = complete = 0
-
-    async def one(session: aiohttp.ClientSession) -> None:
-        nonlocal events, complete
-        t0, last = time.monotonic(), None
-        async with session.post(url, data=body, headers=headers) as r:
-            async for line in r.content:
-                if not line.startswith(b"data: "):
-                    continue
-                now = time.monotonic()
-                events += 1
-                if line.startswith(b"data: [DONE]"):
-                    complete += 1
-                    break
-                if last is None:
-                    ttfts.append(now - t0)
-                else:
-                    gaps.append(now - last)
-                last = now
-
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
-        t0 = time.monotonic()
-        results = await asyncio.gather(*(one(session) for _ in range(n)), return_exceptions=True)
-        wall = time.monotonic() - t0
-    q = statistics.quantiles(gaps, n=100) if len(gaps) > 1 else [0.0] * 99
+    run = await stream_clients(url, body, n, headers)
+    q = statistics.quantiles(run.gaps, n=100) if len(run.gaps) > 1 else [0.0] * 99
     return {
-        "complete": complete,
-        "failed": sum(isinstance(r, BaseException) for r in results),
-        "events": events,
+        "complete": run.complete,
+        "failed": run.failed,
+        "events": run.events,
         "gap_p50_ms": q[49] * 1000,
         "gap_p99_ms": q[98] * 1000,
-        "ttft_p50_ms": statistics.median(ttfts) * 1000 if ttfts else None,
-        "wall_s": wall,
+        "ttft_p50_ms": statistics.median(run.ttfts) * 1000 if run.ttfts else None,
+        "wall_s": run.wall,
     }
 
 

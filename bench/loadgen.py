@@ -193,3 +193,50 @@ async def assign_replicas(records: list[Record], sim_urls: list[str], names: lis
                         where[rid.removeprefix("chatcmpl-")] = name
     for rec in records:
         rec.replica = where.get(rec.rid, "")
+
+
+@dataclass
+class StreamTimes:
+    """`n` concurrent streams read to their end: what each event's arrival says."""
+
+    complete: int = 0  # streams that reached `data: [DONE]`
+    failed: int = 0  # streams that raised
+    events: int = 0  # `data:` lines read, [DONE] included
+    ttfts: list[float] = field(default_factory=list)  # per stream: request to its first counted event
+    gaps: list[float] = field(default_factory=list)  # between a stream's consecutive counted events
+    wall: float = 0.0
+
+
+async def stream_clients(
+    url: str, body: bytes, n: int, headers: dict[str, str], skip_role_chunk: bool = False
+) -> StreamTimes:
+    """POST `body` from `n` clients at once and time every event of every stream; `skip_role_chunk`
+    leaves out the empty-content chunk vLLM sends first (it comes at the instant of the first token)."""
+    out = StreamTimes()
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        t0, last = time.monotonic(), None
+        async with session.post(url, data=body, headers=headers) as r:
+            async for line in r.content:
+                if not line.startswith(b"data: "):
+                    continue
+                now = time.monotonic()
+                out.events += 1
+                if line.startswith(b"data: [DONE]"):
+                    out.complete += 1
+                    break
+                if skip_role_chunk and b'"content":""' in line:
+                    continue
+                if last is None:
+                    out.ttfts.append(now - t0)
+                else:
+                    out.gaps.append(now - last)
+                last = now
+
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
+        t0 = time.monotonic()
+        results = await asyncio.gather(*(one(session) for _ in range(n)), return_exceptions=True)
+        out.wall = time.monotonic() - t0
+    out.failed = sum(isinstance(r, BaseException) for r in results)
+    return out

@@ -69,50 +69,21 @@ async def _closed_loop(url: str, concurrency: int, duration: float) -> dict:
 
 
 async def _streams(url: str, n: int, max_tokens: int) -> dict:
-    import aiohttp
+    from loadgen import stream_clients
 
     body = json.dumps({**CHAT, "max_tokens": max_tokens, "stream": True}).encode()
-    gaps: list[float] = []
-    ttfts: list[float] = []
-    complete = 0
-
-    async def one(session: aiohttp.ClientSession) -> None:
-        nonlocal complete
-        t0 = time.monotonic()
-        last = None
-        async with session.post(
-            url + "/v1/chat/completions", data=body, headers={"content-type": "application/json"}
-        ) as r:
-            async for line in r.content:
-                if not line.startswith(b"data: "):
-                    continue
-                now = time.monotonic()
-                if line.startswith(b"data: [DONE]"):
-                    complete += 1
-                    break
-                if b'"content":""' in line:
-                    continue  # role chunk, same instant as the first token
-                if last is None:
-                    ttfts.append(now - t0)
-                else:
-                    gaps.append(now - last)
-                last = now
-
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=600)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        t0 = time.monotonic()
-        results = await asyncio.gather(*(one(session) for _ in range(n)), return_exceptions=True)
-        elapsed = time.monotonic() - t0
-    gaps.sort()
+    run = await stream_clients(
+        url + "/v1/chat/completions", body, n, {"content-type": "application/json"}, skip_role_chunk=True
+    )
+    gaps = sorted(run.gaps)
     q = statistics.quantiles(gaps, n=100) if len(gaps) > 1 else [0.0] * 99
     return {
-        "complete": complete,
-        "failed": sum(isinstance(r, BaseException) for r in results),
+        "complete": run.complete,
+        "failed": run.failed,
         "gap_p50": q[49],
         "gap_p99": q[98],
-        "ttft_p50": statistics.median(ttfts) if ttfts else None,
-        "wall": elapsed,
+        "ttft_p50": statistics.median(run.ttfts) if run.ttfts else None,
+        "wall": run.wall,
     }
 
 
