@@ -56,12 +56,6 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def chart() -> Any:
-    with helm.Chart.load(CHART) as c:
-        yield c
-
-
 def render(chart: Any, values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     manifests = chart.render(values=values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
     docs: list[dict[str, Any]] = []

@@ -25,14 +25,13 @@ import kubernetes_validate
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "llm-dispatcher"
+from tests.chart.test_chart import CHART, NAMESPACE, RELEASE, ROOT, of_kind, render
+
 DASHBOARD = CHART / "dashboards" / "llm-dispatcher.json"
 RULES = CHART / "alerts" / "llm-dispatcher.rules.yaml"
 RULE_TESTS = Path(__file__).resolve().parent / "alerts"
 DOCS = ROOT / "docs" / "monitoring.md"
 KUBE_VERSION = "1.30.0"
-RELEASE, NAMESPACE = "llmd", "ai"
 CUSTOM_KINDS = {
     ("rabbitmq.com/v1beta1", "RabbitmqCluster"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
@@ -54,27 +53,6 @@ ALL_ON: dict[str, Any] = {
         {"name": "fixed", "model": "org/fixed", "replicaCount": 2, "autoscaling": {"enabled": False}},
     ],
 }  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def chart() -> Any:
-    with helm.Chart.load(CHART) as c:
-        yield c
-
-
-def render(chart: Any, values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    manifests = chart.render(values=values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
-    return [
-        d
-        for path, text in sorted(manifests.items())
-        if not path.endswith(".txt")
-        for d in yaml.safe_load_all(text)
-        if d
-    ]
-
-
-def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [d for d in docs if d["kind"] == kind]
 
 
 def by_name(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
