@@ -121,7 +121,8 @@ class ProxyEndpoint:
             if watcher is None or not watcher.fired:
                 raise  # a real cancellation (shutdown), not the client leaving
             task.uncancel()
-            outcome.fail(499, "client_disconnected")
+            if not outcome.delivered:  # gone after its whole stream (before vLLM closed its end): served
+                outcome.fail(499, "client_disconnected")
             log.info("client disconnected", extra={"request_id": outcome.request_id, "model": outcome.model})
         except Exception:
             log.exception("request failed", extra={"request_id": outcome.request_id, "model": outcome.model})

@@ -72,6 +72,7 @@ class Outcome:
     share: Share | None = None  # its place in the band's fair share, from dispatch on
     holds: list[Hold] = field(default_factory=list)  # its places in its key's limits, from admit on
     end_user: str | None = None
+    delivered: bool = False  # a stream relayed up to its `data: [DONE]`: the client has its whole answer
     queue_depth: int | None = None
     queue_wait_s: float = 0.0
     ttfb_s: float | None = None
@@ -281,6 +282,8 @@ async def relay(
             else:
                 tail.add(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if sse and chunk.rstrip().endswith(b"data: [DONE]"):
+                outcome.delivered = True
         rest = event_filter.flush() if event_filter is not None else b""
         await send({"type": "http.response.body", "body": rest, "more_body": False})
     except (TimeoutError, aiohttp.ClientError) as exc:
