@@ -81,7 +81,7 @@ def test_sender_sigterm_finishes_streams_then_exits(process_stack):
     def refuses_new_connections() -> bool:
         try:
             httpx.get(process_stack.url + "/livez", timeout=1)
-        except httpx.ConnectError:
+        except (httpx.ConnectError, httpx.ReadError):  # refused, or reset as the listener closed under it
             return True
         return False
 
