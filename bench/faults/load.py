@@ -25,7 +25,7 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -54,15 +54,16 @@ class Arrival:
     rid: str
 
 
-def schedule(shape: Shape, duration: float) -> list[Arrival]:
+def schedule(shape: Shape) -> Iterator[Arrival]:
+    """Poisson arrivals at `shape.rate`, without end (the caller says when to stop); the same seed
+    gives the same sequence."""
     rng = random.Random(shape.seed)
-    out, t, n = [], rng.expovariate(shape.rate), 0
-    while t < duration:
+    t, n = rng.expovariate(shape.rate), 0
+    while True:
         secs = rng.uniform(*shape.seconds)
-        out.append(Arrival(t, rng.random() < shape.stream_share, max(2, round(secs / shape.itl_s)), f"f{n:05d}"))
+        yield Arrival(t, rng.random() < shape.stream_share, max(2, round(secs / shape.itl_s)), f"f{n:05d}")
         n += 1
         t += rng.expovariate(shape.rate)
-    return out
 
 
 @dataclass
@@ -161,16 +162,18 @@ class Load:
     results: list[Result] = field(default_factory=list)
     _tasks: dict[asyncio.Task, Result] = field(default_factory=dict)
 
-    async def run(self, duration: float, t0: float) -> None:
-        arrivals = schedule(self.shape, duration)
+    async def run(self, arriving: Callable[[float], bool], t0: float) -> None:
+        """Sends the schedule's arrivals while `arriving(at)` holds, then waits for every answer."""
         conn = aiohttp.TCPConnector(limit=0)
         timeout = aiohttp.ClientTimeout(total=None, sock_read=self.shape.deadline_s)
         async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
             rr = 0
-            for a in arrivals:
+            for a in schedule(self.shape):
                 delay = a.at - (time.perf_counter() - t0)
                 if delay > 0:
                     await asyncio.sleep(delay)
+                if not arriving(a.at):  # asked when the arrival is due: a fault's end is known by then
+                    break
                 live = self.targets()
                 url = live[rr % len(live)]
                 rr += 1
