@@ -15,7 +15,9 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import aiormq
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueue
@@ -27,6 +29,8 @@ from consumer.policy import Decision, Limits, Reason, Snapshot, decide
 from consumer.settings import ConsumerSettings
 from consumer.watcher import VllmWatcher
 from llm_dispatcher import amqp, protocol
+from llm_dispatcher.errors import BrokerUnavailableError
+from llm_dispatcher.nodes import Node, Nodes, broker_urls
 from llm_dispatcher.protocol import Cancel, Grant, Heartbeat, Release, Renew, Ticket
 
 log = logging.getLogger(__name__)
@@ -36,19 +40,20 @@ _CANCELLED_MEMORY = 100_000  # ticket ids remembered as abandoned (bounded)
 
 @dataclass(frozen=True, slots=True)
 class Topology:
-    """What the consumer declared on the broker: its model queue, the exchanges, its control queue."""
+    """What the consumer declared on one broker node: its model queue there, the exchanges, its
+    control queue there."""
 
     queue: AbstractQueue
     heartbeats: AbstractExchange
     control: AbstractQueue
 
     @classmethod
-    async def declare(cls, link: amqp.BrokerLink, st: ConsumerSettings, control_name: str) -> Topology:
+    async def declare(cls, link: amqp.BrokerLink, st: ConsumerSettings, control_name: str, node: int) -> Topology:
         channel = link.channel
         shape = await amqp.model_queue_shape(
-            link.connection, st.queue_prefix, st.model, st.max_priority, st.fair_levels
+            link.connection, st.queue_prefix, st.model, st.max_priority, st.fair_levels, node
         )
-        queue = await amqp.declare_model_queue(channel, st.queue_prefix, st.model, shape)
+        queue = await amqp.declare_model_queue(channel, st.queue_prefix, st.model, shape, node)
         heartbeats = await amqp.declare_fanout(channel, protocol.heartbeat_exchange(st.queue_prefix))
         cancels = await amqp.declare_fanout(channel, protocol.cancel_exchange(st.queue_prefix))
         control = await channel.declare_queue(control_name, exclusive=True, auto_delete=True)
@@ -56,22 +61,33 @@ class Topology:
         return cls(queue, heartbeats, control)
 
 
+@dataclass(slots=True)
+class Pull:
+    """The consumer on one broker node: what it declared there and its subscription to the model queue."""
+
+    node: Node
+    control_name: str
+    topology: Topology | None = None
+    tag: str | None = None  # the subscription's consumer tag while pulling
+    raw: aiormq.abc.AbstractChannel | None = None
+    prefetch: int = 1
+
+    @property
+    def link(self) -> amqp.BrokerLink:
+        assert self.node.link is not None
+        return self.node.link
+
+    @property
+    def usable(self) -> bool:
+        return self.topology is not None and self.node.connected
+
+
 class Consumer:
     """Built by `await Consumer.create(settings)`: watching vLLM, connected and pulling when it returns."""
 
-    def __init__(
-        self,
-        settings: ConsumerSettings,
-        metrics: ConsumerMetrics,
-        link: amqp.BrokerLink,
-        topology: Topology,
-        control_name: str,
-    ):
+    def __init__(self, settings: ConsumerSettings, metrics: ConsumerMetrics):
         self.settings = settings
         self.metrics = metrics
-        self.link = link
-        self.channel = link.channel
-        self.queue, self.heartbeats, self.control = topology.queue, topology.heartbeats, topology.control
         self.labels = (settings.model, settings.replica_id)
         self.limits = Limits(
             max_concurrency=settings.max_concurrency,
@@ -93,39 +109,42 @@ class Consumer:
             labels=self.labels,
         )
         self.draining = False
-        self._epoch = 0  # bumped on every broker reconnect, announced in heartbeats
+        self._epoch = 0  # bumped on every broker reconnect (and node loss), announced in heartbeats
         self._heartbeat_now = asyncio.Event()
         self._cancelled: OrderedDict[str, None] = OrderedDict()
-        self._consumer_tag: str | None = None
-        self._consumer_channel: aiormq.abc.AbstractChannel | None = None
-        self._prefetch = 1
         self._gate_lock = asyncio.Lock()
         self._gate_wakeup = asyncio.Event()
-        self._control_name = control_name
+        self._tasks: set[asyncio.Task] = set()
+        st = settings
+        base = f"{st.queue_prefix}.ctl.{st.replica_id}.{uuid.uuid4().hex[:8]}"
+        self.nodes = Nodes(
+            broker_urls(st.amqp_url.get_secret_value()),
+            f"consumer:{st.queue_prefix}:{st.model}:{st.replica_id}",
+            self._attach,
+        )
+        self.pulls = [Pull(n, base + (f".n{n.index}" if n.index else "")) for n in self.nodes]
         self.metrics.capacity.labels(*self.labels).set(settings.max_concurrency)
-        link.on_lost(self._on_lost)
-        link.on_restored(self._on_restored)
+        self.nodes.on_lost(self._on_lost)
+        self.nodes.on_restored(self._on_restored)
 
     @classmethod
     async def create(cls, settings: ConsumerSettings, metrics: ConsumerMetrics | None = None) -> Consumer:
+        """Connected to at least one broker node (the others are connected in the background), or the
+        error of the first node (the caller retries)."""
         st = settings
-        control_name = f"{st.queue_prefix}.ctl.{st.replica_id}.{uuid.uuid4().hex[:8]}"
-        link = await amqp.BrokerLink.open(
-            st.amqp_url.get_secret_value(), f"consumer:{st.queue_prefix}:{st.model}:{st.replica_id}"
-        )
+        self = cls(st, metrics or ConsumerMetrics())
+        failures = await self.nodes.start()
+        if len(failures) == len(self.nodes):
+            await self.nodes.close()
+            raise failures[0]
         try:
-            await link.channel.set_qos(prefetch_count=1)
-            topology = await Topology.declare(link, st, control_name)
-            self = cls(st, metrics or ConsumerMetrics(), link, topology, control_name)
             await self.watcher.start()
-            link.channel.return_callbacks.add(self._on_returned)  # type: ignore[arg-type]
-            await self.control.consume(self._on_control, no_ack=True)
         except BaseException:
-            await link.close()
+            await self.nodes.close()
             raise
-        link.spawn(self._gate_loop(), "gate")
-        link.spawn(self._heartbeat_loop(), "heartbeat")
-        link.spawn(self._expiry_loop(), "lease-expiry")
+        self._spawn(self._gate_loop(), "gate")
+        self._spawn(self._heartbeat_loop(), "heartbeat")
+        self._spawn(self._expiry_loop(), "lease-expiry")
         self.poke()
         log.info(
             "consumer of %s for %s started (max_concurrency=%d)",
@@ -136,9 +155,36 @@ class Consumer:
         )
         return self
 
+    async def _attach(self, node: Node) -> None:
+        """A node's first connection: the model queue there, the exchanges, the control queue."""
+        pull = self.pulls[node.index]
+        link = pull.link
+        await link.channel.set_qos(prefetch_count=1)
+        pull.prefetch = 1
+        pull.topology = await Topology.declare(link, self.settings, pull.control_name, node.index)
+        link.channel.return_callbacks.add(self._on_returned)  # type: ignore[arg-type]
+        await pull.topology.control.consume(self._on_control, no_ack=True)
+        self._heartbeat_now.set()
+        self.poke()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("consumer task %s failed: %r", task.get_name(), task.exception())
+
     @property
     def connected(self) -> bool:
-        return self.link.connected
+        return self.nodes.any_connected
+
+    @property
+    def pulling(self) -> bool:
+        return any(p.tag is not None for p in self.pulls)
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -198,20 +244,33 @@ class Consumer:
         """Leave: cancel the subscription (unacked tickets return to the queue), say goodbye, close."""
         self.draining = True
 
-        async def goodbye() -> None:
-            with contextlib.suppress(Exception):
-                await self._set_pulling(False)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._set_pulling(False)
+        with contextlib.suppress(Exception):
             await self._publish_heartbeat()  # ready=False: senders stop routing here at once
-
-        await self.link.close(before_closing=goodbye)
+        await self.nodes.close()
         await self.watcher.stop()
 
-    def _on_lost(self) -> None:
-        self._consumer_tag = None  # the broker forgot the subscription with the channel
+    def _on_lost(self, node: Node) -> None:
+        """The broker forgot the subscription with the channel. With other nodes still reached, a grant
+        sent through this one may have been lost with it: the leases are put in doubt now, and the
+        heartbeat through another node asks the senders to confirm theirs."""
+        pull = self.pulls[node.index]
+        pull.tag = pull.raw = None
+        self.metrics.pulling.labels(*self.labels).set(1 if self.pulling else 0)
+        if self.nodes.any_connected:
+            self._reconcile()
 
-    def _on_restored(self) -> None:
+    def _on_restored(self, node: Node) -> None:
         """Releases sent while the broker was away are lost: every lease is in doubt until its sender
         renews it (senders renew at once when a heartbeat shows the new epoch); the rest expire."""
+        self._reconcile()
+
+    def _reconcile(self) -> None:
         self._epoch += 1
         grace = self.settings.lease_reconcile_s
         doubtful = self.leases.doubt(grace)
@@ -234,27 +293,39 @@ class Consumer:
                 self.poke()
 
     async def _set_pulling(self, on: bool) -> None:
+        """Subscribe to the model queue on every node reached (cancel everywhere when `on` is False)."""
         async with self._gate_lock:
-            if on and self._consumer_tag is None:
-                # Never ask for more tickets than there is room for: what arrives can be granted at
-                # once, so a small prefetch costs no priority inversion and parks nothing.
-                room = self.limits.max_concurrency - self.in_flight
-                prefetch = max(1, min(self.settings.prefetch, room))
-                if prefetch != self._prefetch:
-                    await self.channel.set_qos(prefetch_count=prefetch)
-                    self._prefetch = prefetch
-                # Straight on the aiormq channel (the hot path); after a reconnect the gate subscribes anew.
-                raw = await self.link.raw()
-                ok = await raw.basic_consume(self.queue.name, self._on_ticket)
-                self._consumer_tag, self._consumer_channel = ok.consumer_tag, raw
-            elif not on and self._consumer_tag is not None:
-                tag, self._consumer_tag = self._consumer_tag, None
-                if self._consumer_channel is not None and not self._consumer_channel.is_closed:
-                    await self._consumer_channel.basic_cancel(tag)
-            self.metrics.pulling.labels(*self.labels).set(1 if self._consumer_tag else 0)
+            errors = []
+            for pull in self.pulls:
+                try:
+                    await self._set_pulling_at(pull, on and pull.usable)
+                except Exception as exc:
+                    errors.append(exc)
+            self.metrics.pulling.labels(*self.labels).set(1 if self.pulling else 0)
+            if errors:
+                raise errors[0]
+
+    async def _set_pulling_at(self, pull: Pull, on: bool) -> None:
+        if on and pull.tag is None:
+            assert pull.topology is not None
+            # Never ask for more tickets than there is room for: what arrives can be granted at
+            # once, so a small prefetch costs no priority inversion and parks nothing.
+            room = self.limits.max_concurrency - self.in_flight
+            prefetch = max(1, min(self.settings.prefetch, room))
+            if prefetch != pull.prefetch:
+                await pull.link.channel.set_qos(prefetch_count=prefetch)
+                pull.prefetch = prefetch
+            # Straight on the aiormq channel (the hot path); after a reconnect the gate subscribes anew.
+            raw = await pull.link.raw()
+            ok = await raw.basic_consume(pull.topology.queue.name, lambda m: self._on_ticket(m, pull))
+            pull.tag, pull.raw = ok.consumer_tag, raw
+        elif not on and pull.tag is not None:
+            tag, pull.tag = pull.tag, None
+            if pull.raw is not None and not pull.raw.is_closed:
+                await pull.raw.basic_cancel(tag)
 
     # -- tickets -------------------------------------------------------------------------------
-    async def _on_ticket(self, message: DeliveredMessage) -> None:
+    async def _on_ticket(self, message: DeliveredMessage, pull: Pull) -> None:
         m, lab = self.metrics, self.labels
         channel = message.channel
         tag: int = message.delivery.delivery_tag  # type: ignore[union-attr,assignment]  # a Deliver here
@@ -291,12 +362,12 @@ class Consumer:
             lease_id=lease.id,
             url=self.settings.advertise_url,
             replica=self.settings.replica_id,
-            release_to=self._control_name,
+            release_to=pull.control_name,
             forward_priority=self.settings.forward_priority,
             lease_ttl_s=self.settings.lease_ttl_s,
         )
         try:
-            await self.link.publish(
+            await pull.link.publish(
                 message.header.properties.reply_to or "", grant.dumps(), correlation_id=ticket.id, mandatory=True
             )
         except Exception:
@@ -375,6 +446,11 @@ class Consumer:
             self._heartbeat_now.clear()
 
     async def _publish_heartbeat(self) -> None:
+        """Through the first node reached (an exchange of a cluster reaches every node's queues)."""
+        node = self.nodes.first()
+        if node is None or node.link is None:
+            raise BrokerUnavailableError("the message broker is unreachable")
+        controls = [p.control_name if p.usable else "" for p in self.pulls]
         st, s = self.settings, self.watcher.latest
         hb = Heartbeat(
             model=st.model,
@@ -390,11 +466,15 @@ class Consumer:
             kv_cache_usage=s.kv_cache_usage if s else None,
             tokens_per_second=self.watcher.tokens_per_second,
             admission=self.decide().reason.value,
-            control=self._control_name,
+            control=next((c for c in controls if c), ""),
             epoch=self._epoch,
+            controls=controls if len(controls) > 1 else [],
         )
-        await self.link.publish(
-            "", hb.dumps(), exchange=self.heartbeats.name, expiration_s=max(1.0, st.heartbeat_interval_s * 3)
+        await node.link.publish(
+            "",
+            hb.dumps(),
+            exchange=protocol.heartbeat_exchange(st.queue_prefix),
+            expiration_s=max(1.0, st.heartbeat_interval_s * 3),
         )
 
     def state(self) -> dict:
@@ -404,7 +484,8 @@ class Consumer:
             "replica": self.settings.replica_id,
             "url": self.settings.advertise_url,
             "ready": self.ready,
-            "pulling": self._consumer_tag is not None,
+            "pulling": self.pulling,
+            "broker_nodes": [n.connected for n in self.nodes],
             "in_flight": self.in_flight,
             "max_concurrency": self.limits.max_concurrency,
             "decision": d.reason.value,

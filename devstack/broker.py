@@ -5,6 +5,10 @@ benchmarks that stop, restart or SIGKILL the broker without touching the machine
         broker.kill()                    # SIGKILL: no goodbye to any client
         broker.shutdown()                # graceful: the node closes every connection, then exits
         broker.start()                   # the same node again (same data, same port)
+
+    with PrivateCluster(3) as cluster:   # three such nodes joined in one RabbitMQ cluster
+        cluster.url                      # their URLs, comma-separated, node 0 first (LLMD_AMQP_URL)
+        cluster.nodes[0].kill()          # one node lost; .start() brings it back into the cluster
 """
 
 from __future__ import annotations
@@ -121,7 +125,48 @@ class PrivateBroker:
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def ctl(self, *args: str) -> str:
+        """rabbitmqctl against this node; its output (CalledProcessError when it fails)."""
+        return subprocess.run(
+            ["rabbitmqctl", "-q", "-n", self.node, *args], env=self._env(), check=True, capture_output=True, text=True
+        ).stdout
+
     def __enter__(self) -> PrivateBroker:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class PrivateCluster:
+    """`size` private nodes clustered together (node 0 is the seed the others join)."""
+
+    def __init__(self, size: int = 3, start_timeout_s: float = 90.0):
+        self.nodes = [PrivateBroker(start_timeout_s=start_timeout_s) for _ in range(size)]
+
+    @property
+    def url(self) -> str:
+        return ",".join(n.url for n in self.nodes)
+
+    def start(self) -> PrivateCluster:
+        try:
+            for node in self.nodes:
+                node.start()
+            seed = self.nodes[0]
+            for node in self.nodes[1:]:
+                node.ctl("stop_app")
+                node.ctl("join_cluster", seed.node)
+                node.ctl("start_app")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> PrivateCluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -153,18 +153,18 @@ class QueueShape:
 
 
 async def model_queue_shape(
-    connection: AbstractRobustConnection, prefix: str, model: str, max_priority: int, levels: int
+    connection: AbstractRobustConnection, prefix: str, model: str, max_priority: int, levels: int, node: int = 0
 ) -> QueueShape:
     """Declares the model's queue with `levels` sub-levels per band. A queue that already exists with
     other arguments (declared before sub-levels, or with another LLMD_FAIR_LEVELS) is used as it is,
     first come first served within a band (band priorities fit any such queue), with a warning: RabbitMQ
     cannot change a queue's arguments, only a new queue can have them. Each attempt is made on a channel
     of its own, since a refused declaration closes its channel."""
-    name = protocol.model_queue(prefix, model)
+    name = protocol.model_queue(prefix, model, node)
     for shape in (QueueShape(protocol.queue_arguments(max_priority, levels), levels), QueueShape(None, 1)):
         try:
             async with connection.channel() as probe:
-                await declare_model_queue(probe, prefix, model, shape)
+                await declare_model_queue(probe, prefix, model, shape, node)
         except aiormq.exceptions.ChannelPreconditionFailed:
             continue
         if shape.levels != levels:
@@ -180,9 +180,14 @@ async def model_queue_shape(
     raise AssertionError("a passive declaration is never refused for its arguments")
 
 
-async def declare_model_queue(channel: AbstractChannel, prefix: str, model: str, shape: QueueShape):
+async def declare_model_queue(channel: AbstractChannel, prefix: str, model: str, shape: QueueShape, node: int = 0):
+    """The model's queue on broker node `node`, declared over a connection to that node (RabbitMQ
+    places a classic queue on the node of the connection that declares it first)."""
     return await channel.declare_queue(
-        protocol.model_queue(prefix, model), durable=True, passive=shape.arguments is None, arguments=shape.arguments
+        protocol.model_queue(prefix, model, node),
+        durable=True,
+        passive=shape.arguments is None,
+        arguments=shape.arguments,
     )
 
 

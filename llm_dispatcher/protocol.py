@@ -2,7 +2,8 @@
 
 Everything that crosses the broker is JSON (orjson), never pickle.
 
-    sender ──ticket──> queue "<prefix>.model.<model>"   (priority = token priority, expiration = timeout)
+    sender ──ticket──> queue "<prefix>.model.<model>"   (priority = token priority, expiration = timeout;
+                                                          broker node i > 0 of a cluster: model_queue(.., i))
     consumer ──grant──> sender's reply queue            (correlation_id = ticket id)
     sender ──release──> consumer's control queue        (routing key = grant.release_to)
     sender ──renew──> consumer's control queue          (leases still streaming, every ttl/3)
@@ -23,7 +24,9 @@ upgrade, so every message must be readable by the release before and the release
   raises `MalformedMessage` (a ValueError) from `loads`; nothing else escapes it.
 
 History: 0 = unversioned; 1 = `v` added, every message read tolerantly; 2 = Heartbeat gains
-`tokens_per_second` and `admission` (for the operator's live view; senders of version 1 ignore them).
+`tokens_per_second` and `admission` (for the operator's live view; senders of version 1 ignore them);
+3 = Heartbeat gains `controls` (the consumer's control queue on each broker node of a cluster; senders
+of version 2 use `control`, the one on node 0).
 Version 0 readers refused unknown fields in every message but Heartbeat, `v` included: upgrading a
 deployment from version 0 replaces all senders and consumers together (not rolling); from version 1
 on, upgrades roll.
@@ -42,7 +45,7 @@ import orjson
 
 DEFAULT_PREFIX = "llmd"
 MAX_PRIORITY = 10
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 UNVERSIONED = 0  # the `v` of a message whose writer predates versioning
 
 
@@ -50,8 +53,12 @@ class MalformedMessage(ValueError):
     """A broker message that cannot be decoded into its type (see the compatibility rules above)."""
 
 
-def model_queue(prefix: str, model: str) -> str:
-    return f"{prefix}.model.{model}"
+def model_queue(prefix: str, model: str, node: int = 0) -> str:
+    """The model's queue on broker node `node` of a cluster (see llm_dispatcher/nodes.py): node 0 keeps
+    the single-node name, so one node is the cluster of one."""
+    if node == 0:
+        return f"{prefix}.model.{model}"
+    return f"{prefix}.node{node}.model.{model}"
 
 
 def heartbeat_exchange(prefix: str) -> str:
@@ -241,4 +248,8 @@ class Heartbeat(_Message):
     # reclaim the leases nobody claims (their release was lost with the broker) within seconds.
     control: str = ""
     epoch: int = 0
+    # With several broker nodes: the control queue on each node (by node index, "" where the consumer
+    # is not connected now). A sender whose grant came through a node that is gone sends the release
+    # or renewal to the consumer's control queue on a node it still reaches.
+    controls: list[str] = field(default_factory=list)
     v: int = _version()

@@ -53,7 +53,11 @@ class CommonSettings(BaseSettings):
     environment: Literal["production", "development"] | None = Field(
         None, description="production or development (empty: development when every credentialed URL is loopback)"
     )
-    amqp_url: SecretStr = Field(SecretStr(DEFAULT_AMQP_URL), description="RabbitMQ URL (amqp:// or amqps://)")
+    amqp_url: SecretStr = Field(
+        SecretStr(DEFAULT_AMQP_URL),
+        description="RabbitMQ URL (amqp:// or amqps://); the nodes of a cluster: their URLs separated by commas, "
+        "node 0 first, in the same order for every sender and consumer",
+    )
     queue_prefix: str = Field(DEFAULT_PREFIX, description="Prefix of every queue and exchange name")
     max_priority: int = Field(MAX_PRIORITY, ge=1, le=255, description="Highest priority band (bands 0..this)")
     fair_levels: int = Field(
@@ -85,7 +89,10 @@ class CommonSettings(BaseSettings):
 
     def secret_urls(self) -> dict[str, str]:
         """The settings holding URLs with credentials, by environment variable (for the check below)."""
-        return {"LLMD_AMQP_URL": self.amqp_url.get_secret_value()}
+        urls = self.amqp_url.get_secret_value().split(",")
+        if len(urls) == 1:
+            return {"LLMD_AMQP_URL": urls[0]}
+        return {f"LLMD_AMQP_URL (node {i})": url.strip() for i, url in enumerate(urls)}
 
     def is_development(self) -> bool:
         if self.environment is not None:

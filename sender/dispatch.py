@@ -1,6 +1,6 @@
 """The sender's side of the broker: tickets out, grants in, releases and cancels out, heartbeats in.
 
-One future per waiting request, keyed by ticket id and removed when the wait ends however it ends
+One waiter per waiting request, keyed by ticket id and removed when the wait ends however it ends
 (so a cancelled wait never leaks). A grant nobody waits for any more (client gone, timed out, or a
 redelivered ticket granted twice) is released at once, so it never holds a slot.
 
@@ -8,6 +8,12 @@ Releases are never dropped on a send failure: they wait (bounded) and go out aft
 release that the broker lost anyway (it died with it in a buffer) is covered by the consumer: after
 its own reconnect it reclaims every lease no sender renews, and this sender renews the leases it
 still holds as soon as a consumer's heartbeat shows that new connection epoch.
+
+With several broker nodes (llm_dispatcher/nodes.py) tickets go to the first node reached; when a
+node is lost, the tickets waiting there move on to the next (a grant of the old one that still comes
+is released as abandoned), releases and renewals of grants made through it go to the consumer's
+control queue on a node still reached, and new tickets go to the next node at once. With one node a
+lost connection fails the waiting requests fast (503 with Retry-After).
 
 A broker that is down when the sender starts does not stop it: the dispatcher is made unconnected
 (`connected` False: /readyz 503, requests 503 with Retry-After) and connects in the background,
@@ -18,17 +24,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Coroutine
+from typing import Any
 
-import aiormq
-from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
+from aio_pika.abc import AbstractIncomingMessage
 from aiormq.abc import DeliveredMessage
 
 from llm_dispatcher import amqp, protocol
 from llm_dispatcher.errors import BrokerUnavailableError, QueueTimeoutError
+from llm_dispatcher.nodes import Node, Nodes, broker_urls
 from llm_dispatcher.protocol import Cancel, Grant, Heartbeat, Release, Renew, Ticket
 from sender.fairness import broker_priority
 from sender.metrics import SenderMetrics
@@ -38,130 +47,155 @@ from sender.settings import SenderSettings
 log = logging.getLogger(__name__)
 
 MAX_PENDING_RELEASES = 100_000  # beyond that the consumers' reconciliation reclaims the leases
-CONNECT_TIMEOUT_S = 10.0  # one start-up connection attempt (a node still booting may accept and not answer)
-CONNECT_RETRY_MAX_S = 5.0  # start-up retries back off from 0.5 s to this
-STILL_DOWN_LOG_S = 30.0  # while the broker stays unreachable at start, a warning this often
 
-# What a start-up connection attempt raises when the broker is not there (yet): retried.
-_UNREACHABLE = (OSError, aiormq.exceptions.AMQPError, asyncio.TimeoutError, RuntimeError)
+
+@dataclasses.dataclass(slots=True)
+class Waiter:
+    """A request waiting for a grant: its ticket now (a new one when it moves to another node)."""
+
+    fut: asyncio.Future[Grant]
+    ticket: Ticket
+    node: int
+    sub: int
 
 
 class Dispatcher:
     """Built by `await Dispatcher.create(...)`: connected, subscribed and running when it returns, or,
-    when the broker is unreachable then, not connected and connecting in the background."""
-
-    link: amqp.BrokerLink  # set once the first connection is made (`_attached`)
-    cancels: AbstractExchange
+    when no broker node is reachable then, not connected and connecting in the background."""
 
     def __init__(self, settings: SenderSettings, registry: Registry, metrics: SenderMetrics):
         self.settings = settings
         self.registry = registry
         self.metrics = metrics
         self.prefix = settings.queue_prefix
-        self._attached = False
-        self._connecting: asyncio.Task | None = None
-        self._reply_name = f"{self.prefix}.reply.{uuid.uuid4().hex}"
-        self._waiting: dict[str, asyncio.Future[Grant]] = {}
+        self._id = uuid.uuid4().hex
+        self.nodes = Nodes(
+            broker_urls(settings.amqp_url.get_secret_value()),
+            f"sender:{self.prefix}.reply.{self._id}",
+            self._attach,
+            retry_after_s=settings.retry_after_s,
+        )
+        self._tasks: set[asyncio.Task] = set()
+        self._waiting: dict[str, Waiter] = {}
         self._batch_waiting: dict[str, int] = {}  # model -> this sender's batch-line tickets in its queue
         self._depth_calls: dict[str, asyncio.Future[int]] = {}
         # model -> (monotonic time, depth, this sender's batch tickets published before that reading)
         self._depth_seen: dict[str, tuple[float, int, int]] = {}
-        self._held: dict[str, Grant] = {}  # lease id -> grant, while the request is being proxied
+        self._held: dict[str, tuple[Grant, int]] = {}  # lease id -> grant and its node, while proxied
         self._renewed: dict[str, float] = {}  # lease id -> when it was granted or last renewed
         self._renew_period = 1.0  # at most a sixth of the shortest lease TTL seen
         self._renew_wakeup = asyncio.Event()
-        self._pending_releases: deque[tuple[Grant, int, str]] = deque(maxlen=MAX_PENDING_RELEASES)
+        self._pending_releases: deque[tuple[Grant, int, int, str]] = deque(maxlen=MAX_PENDING_RELEASES)
         self._flush_task: asyncio.Task | None = None
-        self._epochs: dict[str, int] = {}  # consumer control queue -> its connection epoch, from heartbeats
-        self._shapes: dict[str, amqp.QueueShape] = {}  # model -> how its queue is declared, found once
+        # consumer (its replica URL) -> its connection epoch and control queue per node, from heartbeats
+        self._epochs: dict[str, int] = {}
+        self._controls: dict[str, list[str]] = {}
+        self._shapes: dict[tuple[str, int], amqp.QueueShape] = {}  # (model, node) -> its queue's shape
 
     @classmethod
     async def create(cls, settings: SenderSettings, registry: Registry, metrics: SenderMetrics) -> Dispatcher:
         self = cls(settings, registry, metrics)
-        try:
-            await self._connect()
-        except _UNREACHABLE as exc:
-            log.warning("the message broker is unreachable (%r): not ready; connecting in the background", exc)
-            self._connecting = asyncio.get_running_loop().create_task(self._connect_until_up(), name="broker-connect")
+        self.nodes.on_lost(self._on_lost)
+        self.nodes.on_restored(self._on_restored)
+        failures = await self.nodes.start()
+        if len(failures) == len(self.nodes):
+            log.warning("the message broker is unreachable (%r): not ready; connecting in the background", failures[0])
+        self._spawn(self._depth_loop(), "queue-depth")
+        self._spawn(self._renew_loop(), "lease-renewal")
         return self
 
-    async def _connect(self) -> None:
-        """One attempt: connect, declare, subscribe. Once it succeeded, aio-pika's robust connection
-        restores all of it after every later loss."""
-        st, prefix = self.settings, self.prefix
-        link = await asyncio.wait_for(
-            amqp.BrokerLink.open(
-                st.amqp_url.get_secret_value(), f"sender:{self._reply_name}", retry_after_s=st.retry_after_s
-            ),
-            CONNECT_TIMEOUT_S,
-        )
-        try:
-            channel = link.channel
-            self.link = link
-            self.cancels = await amqp.declare_fanout(channel, protocol.cancel_exchange(prefix))
-            heartbeats = await amqp.declare_fanout(channel, protocol.heartbeat_exchange(prefix))
-            await channel.declare_queue(self._reply_name, exclusive=True, auto_delete=True)
-            await self._consume_replies()
-            hb_name = f"{prefix}.hb.{uuid.uuid4().hex}"
-            hb_queue = await channel.declare_queue(hb_name, exclusive=True, auto_delete=True)
-            await hb_queue.bind(heartbeats)
-            await hb_queue.consume(self._on_heartbeat, no_ack=True)
-        except BaseException:
-            await link.close()
-            raise
-        link.on_lost(self._on_lost)
-        link.on_restored(self._on_restored)
-        link.spawn(self._depth_loop(), "queue-depth")
-        link.spawn(self._renew_loop(), "lease-renewal")
-        self._attached = True
+    def _reply_name(self, node: Node) -> str:
+        return f"{self.prefix}.reply.{self._id}" + (f".n{node.index}" if node.index else "")
 
-    async def _connect_until_up(self) -> None:
-        """Start-up retries while the broker is unreachable, backing off to CONNECT_RETRY_MAX_S."""
-        started = last_log = time.monotonic()
-        delay = 0.5
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                await self._connect()
-            except _UNREACHABLE as exc:
-                delay = min(CONNECT_RETRY_MAX_S, delay * 2)
-                if time.monotonic() - last_log >= STILL_DOWN_LOG_S:
-                    last_log = time.monotonic()
-                    log.warning("the message broker is still unreachable after %.0f s: %r", last_log - started, exc)
-                continue
-            log.info("connected to the message broker after %.1f s", time.monotonic() - started)
-            return
+    async def _attach(self, node: Node) -> None:
+        """A node's first connection: exchanges, reply queue, heartbeats. aio-pika's robust connection
+        restores all of it after every later loss."""
+        assert node.link is not None
+        channel, prefix = node.link.channel, self.prefix
+        await amqp.declare_fanout(channel, protocol.cancel_exchange(prefix))
+        heartbeats = await amqp.declare_fanout(channel, protocol.heartbeat_exchange(prefix))
+        await channel.declare_queue(self._reply_name(node), exclusive=True, auto_delete=True)
+        await self._consume_replies(node)
+        hb_queue = await channel.declare_queue(f"{prefix}.hb.{uuid.uuid4().hex}", exclusive=True, auto_delete=True)
+        await hb_queue.bind(heartbeats)
+        await hb_queue.consume(self._on_heartbeat, no_ack=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
+        """A background task, referenced until it ends (a failure is logged), cancelled by stop()."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("broker task %s failed: %r", task.get_name(), task.exception())
 
     @property
     def connected(self) -> bool:
-        return self._attached and self.link.connected
+        return self.nodes.any_connected
 
     async def stop(self) -> None:
-        if self._connecting is not None:
-            self._connecting.cancel()
-            await asyncio.gather(self._connecting, return_exceptions=True)
-        if self._attached:
-            await self.link.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.nodes.close()
         self._fail_waiting("the sender is shutting down")
 
     # -- connection events ---------------------------------------------------------------------
-    def _on_lost(self) -> None:
-        self._fail_waiting("the message broker connection was lost")
+    def _on_lost(self, node: Node) -> None:
+        """The tickets waiting on `node` move to the first node still reached, or fail fast (503)."""
+        to = self.nodes.first()
+        for waiter in [w for w in self._waiting.values() if w.node == node.index and not w.fut.done()]:
+            if to is None:
+                waiter.fut.set_exception(
+                    BrokerUnavailableError(
+                        "the message broker connection was lost", retry_after=self.settings.retry_after_s
+                    )
+                )
+            else:
+                self._spawn(self._move(waiter, to), "move-ticket")
 
-    async def _consume_replies(self) -> None:
+    async def _move(self, waiter: Waiter, to: Node) -> None:
+        """Publish the waiter's ticket anew (new id, same deadline) on `to`; a grant of the old one that
+        still arrives finds no waiter and is released."""
+        old = waiter.ticket
+        ttl_s = old.deadline_ms / 1000 - time.time()
+        if waiter.fut.done() or ttl_s <= 0:
+            return
+        ticket = dataclasses.replace(old, id=uuid.uuid4().hex)
+        self._waiting.pop(old.id, None)
+        waiter.ticket, waiter.node = ticket, to.index
+        self._waiting[ticket.id] = waiter
+        self.metrics.tickets_moved.labels(ticket.model).inc()
+        try:
+            await self._publish_ticket(ticket, ttl_s, waiter.sub, to)
+        except Exception as exc:
+            if not waiter.fut.done():
+                waiter.fut.set_exception(
+                    BrokerUnavailableError(
+                        f"the message broker is unreachable ({exc!r:.80})", retry_after=self.settings.retry_after_s
+                    )
+                )
+
+    async def _consume_replies(self, node: Node) -> None:
         """Grants arrive on the hot path: consumed straight on the aiormq channel (aio-pika restores
         the reply queue itself after a reconnect; this subscription is renewed in _on_restored)."""
-        raw = await self.link.raw()
-        await raw.basic_consume(self._reply_name, self._on_grant, no_ack=True)
+        assert node.link is not None
+        raw = await node.link.raw()
+        await raw.basic_consume(self._reply_name(node), lambda m: self._on_grant(m, node), no_ack=True)
 
-    def _on_restored(self) -> None:
-        self._shapes.clear()  # a broker that lost its queues declares them anew
-        self.link.spawn(self._consume_replies(), "consume-replies")
+    def _on_restored(self, node: Node) -> None:
+        for key in [k for k in self._shapes if k[1] == node.index]:
+            del self._shapes[key]  # a node that lost its queues declares them anew
+        self._spawn(self._consume_replies(node), "consume-replies")
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
         if self._pending_releases and (self._flush_task is None or self._flush_task.done()):
-            self._flush_task = self.link.spawn(self._flush_releases(), "flush-releases")
+            self._flush_task = self._spawn(self._flush_releases(), "flush-releases")
 
     async def _flush_releases(self) -> None:
         """Releases that could not be sent, sent again once consumers have re-subscribed."""
@@ -170,13 +204,13 @@ class Dispatcher:
             return  # the next reconnect schedules it again
         pending = list(self._pending_releases)
         self._pending_releases.clear()
-        for grant, status, reason in pending:
-            await self.release(grant, status, reason)
+        for grant, node, status, reason in pending:
+            await self._send_release(grant, node, status, reason)
 
     def _fail_waiting(self, why: str) -> None:
-        for fut in list(self._waiting.values()):
-            if not fut.done():
-                fut.set_exception(BrokerUnavailableError(why, retry_after=self.settings.retry_after_s))
+        for waiter in list(self._waiting.values()):
+            if not waiter.fut.done():
+                waiter.fut.set_exception(BrokerUnavailableError(why, retry_after=self.settings.retry_after_s))
 
     # -- queue depth ---------------------------------------------------------------------------
     async def depth(self, model: str, max_age_s: float = 0.0) -> int:
@@ -212,14 +246,15 @@ class Dispatcher:
         return max(0, count - (seen[2] if seen is not None else 0))
 
     async def _declare(self, model: str) -> int:
-        if not self.connected:
+        node = self.nodes.first()
+        if node is None or node.link is None:
             raise BrokerUnavailableError("the message broker is unreachable", retry_after=self.settings.retry_after_s)
-        shape = await self._shape(model)
-        channel = await self.link.raw()
+        shape = await self._shape(model, node)
+        channel = await node.link.raw()
         batch_then = self.batch_waiting(model)
         with amqp.broker_errors(self.settings.retry_after_s):
             ok = await channel.queue_declare(
-                protocol.model_queue(self.prefix, model),
+                protocol.model_queue(self.prefix, model, node.index),
                 durable=True,
                 passive=shape.arguments is None,
                 arguments=shape.arguments,
@@ -229,15 +264,19 @@ class Dispatcher:
         self.metrics.queue_depth.labels(model).set(count)
         return count
 
-    async def _shape(self, model: str) -> amqp.QueueShape:
-        shape = self._shapes.get(model)
+    async def _shape(self, model: str, node: Node) -> amqp.QueueShape:
+        shape = self._shapes.get((model, node.index))
         if shape is None:
+            if node.link is None:
+                raise BrokerUnavailableError(
+                    "the message broker is unreachable", retry_after=self.settings.retry_after_s
+                )
             st = self.settings
             with amqp.broker_errors(st.retry_after_s):
                 shape = await amqp.model_queue_shape(
-                    self.link.connection, self.prefix, model, st.max_priority, st.fair_levels
+                    node.link.connection, self.prefix, model, st.max_priority, st.fair_levels, node.index
                 )
-            self._shapes[model] = shape
+            self._shapes[(model, node.index)] = shape
         return shape
 
     async def _depth_loop(self) -> None:
@@ -260,7 +299,8 @@ class Dispatcher:
         sender/fairness.py). Raises QueueTimeoutError, BrokerUnavailableError; a cancellation (client
         gone) abandons the ticket so that no consumer grants it."""
         timeout = self.settings.queue_timeout_s
-        if not self._attached:  # never connected yet (started while the broker was down)
+        node = self.nodes.first()
+        if node is None:
             raise BrokerUnavailableError("the message broker is unreachable", retry_after=self.settings.retry_after_s)
         ticket = Ticket(
             id=uuid.uuid4().hex,
@@ -269,86 +309,108 @@ class Dispatcher:
             deadline_ms=protocol.now_ms() + int(timeout * 1000),
             request_id=request_id,
         )
-        fut: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
-        self._waiting[ticket.id] = fut
+        waiter = Waiter(asyncio.get_running_loop().create_future(), ticket, node.index, sub)
+        self._waiting[ticket.id] = waiter
         waiting = self.metrics.waiting.labels(model, str(priority))
         waiting.inc()
         if batch:
             self._batch_waiting[model] = self._batch_waiting.get(model, 0) + 1
         try:
-            await self._publish_ticket(ticket, timeout, sub)
-            return await asyncio.wait_for(fut, timeout)
+            await self._publish_ticket(ticket, timeout, sub, node)
+            return await asyncio.wait_for(waiter.fut, timeout)
         except TimeoutError:
-            self._abandon(ticket.id)
+            self._abandon(waiter)
             raise QueueTimeoutError(
                 f"no replica of model '{model}' became free within {timeout:g} s",
                 retry_after=self.settings.retry_after_s,
             ) from None
         except asyncio.CancelledError:
-            self._abandon(ticket.id)
+            self._abandon(waiter)
             raise
         finally:
             waiting.dec()
             if batch:
                 self._batch_waiting[model] -= 1
-            self._waiting.pop(ticket.id, None)
+            self._waiting.pop(waiter.ticket.id, None)
 
-    async def _publish_ticket(self, ticket: Ticket, ttl_s: float, sub: int = 0) -> None:
-        levels = (await self._shape(ticket.model)).levels
-        await self.link.publish(
-            protocol.model_queue(self.prefix, ticket.model),
+    async def _publish_ticket(self, ticket: Ticket, ttl_s: float, sub: int, node: Node) -> None:
+        levels = (await self._shape(ticket.model, node)).levels
+        assert node.link is not None
+        await node.link.publish(
+            protocol.model_queue(self.prefix, ticket.model, node.index),
             ticket.dumps(),
             priority=broker_priority(ticket.priority, min(sub, levels - 1), levels),
             correlation_id=ticket.id,
-            reply_to=self._reply_name,
+            reply_to=self._reply_name(node),
             expiration_s=ttl_s,
         )
 
-    def _abandon(self, ticket_id: str) -> None:
+    def _abandon(self, waiter: Waiter) -> None:
         """Tell every consumer to drop this ticket if they see it (fire and forget)."""
-        if self.connected:
-            self.link.spawn(self._publish_cancel(ticket_id), "cancel")
+        node = self.nodes.nodes[waiter.node]
+        if not node.connected:
+            node = self.nodes.first()
+        if node is not None:
+            self._spawn(self._publish_cancel(waiter.ticket.id, node), "cancel")
 
-    async def _publish_cancel(self, ticket_id: str) -> None:
-        await self.link.publish(
+    async def _publish_cancel(self, ticket_id: str, node: Node) -> None:
+        assert node.link is not None
+        await node.link.publish(
             "",
             Cancel([ticket_id]).dumps(),
-            exchange=self.cancels.name,
+            exchange=protocol.cancel_exchange(self.prefix),
             message_type="cancel",
             expiration_s=self.settings.queue_timeout_s,
         )
 
-    async def _on_grant(self, message: DeliveredMessage) -> None:
+    async def _on_grant(self, message: DeliveredMessage, node: Node) -> None:
         grant = amqp.decode(Grant, message.body, "grant")
         if grant is None:
             return
-        fut = self._waiting.get(grant.ticket_id)
-        if fut is not None and not fut.done():
-            self._held[grant.lease_id] = grant
+        waiter = self._waiting.get(grant.ticket_id)
+        if waiter is not None and not waiter.fut.done():
+            self._held[grant.lease_id] = (grant, node.index)
             if grant.lease_ttl_s > 0:
                 self._renewed[grant.lease_id] = time.monotonic()
                 period = max(0.05, grant.lease_ttl_s / 6)
                 if period < self._renew_period:
                     self._renew_period = period
                     self._renew_wakeup.set()  # the loop may be asleep for the old, longer period
-            fut.set_result(grant)
+            waiter.fut.set_result(grant)
             return
         log.info("grant for abandoned ticket %s released", grant.ticket_id, extra={"ticket_id": grant.ticket_id})
-        await self.release(grant, 499, "abandoned")
+        await self._send_release(grant, node.index, 499, "abandoned")
 
     async def release(self, grant: Grant, status: int, reason: str) -> None:
-        self._held.pop(grant.lease_id, None)
-        if self.connected:
+        held = self._held.pop(grant.lease_id, None)
+        await self._send_release(grant, held[1] if held else 0, status, reason)
+
+    def _route(self, grant: Grant, node: int) -> tuple[Node, str] | None:
+        """Where a release or renewal of `grant` (made through `node`) goes: the control queue it
+        names while that node is reached, else the consumer's control queue on a node still reached
+        (from its heartbeats); None while there is none."""
+        through = self.nodes.nodes[node] if node < len(self.nodes) else None
+        if through is not None and through.connected:
+            return through, grant.release_to
+        controls = self._controls.get(grant.url, [])
+        for n in self.nodes.connected():
+            if n.index < len(controls) and controls[n.index]:
+                return n, controls[n.index]
+        return None
+
+    async def _send_release(self, grant: Grant, node: int, status: int, reason: str) -> None:
+        route = self._route(grant, node)
+        if route is not None:
+            to, control = route
+            assert to.link is not None
             try:
-                await self.link.publish(
-                    grant.release_to, Release(grant.lease_id, status, reason).dumps(), message_type="release"
-                )
+                await to.link.publish(control, Release(grant.lease_id, status, reason).dumps(), message_type="release")
                 return
             except Exception as exc:  # whatever the failure, the release is kept, never dropped
                 log.warning("release of lease %s not sent, kept for after the reconnect: %r", grant.lease_id, exc)
         if len(self._pending_releases) == self._pending_releases.maxlen:
             self.metrics.releases_dropped.inc()  # the consumer's reconciliation reclaims it
-        self._pending_releases.append((grant, status, reason))
+        self._pending_releases.append((grant, node, status, reason))
         if self.connected:
             self._schedule_flush()  # the channel failed under a live connection flag: retry soon
 
@@ -360,36 +422,47 @@ class Dispatcher:
                 await asyncio.wait_for(self._renew_wakeup.wait(), self._renew_period)
             self._renew_wakeup.clear()
             now = time.monotonic()
-            due: dict[str, list[str]] = {}
-            for grant in list(self._held.values()):
+            due = []
+            for grant, node in list(self._held.values()):
                 last = self._renewed.get(grant.lease_id)
                 if last is not None and now - last >= grant.lease_ttl_s / 3:
-                    due.setdefault(grant.release_to, []).append(grant.lease_id)
+                    due.append((grant, node))
                     self._renewed[grant.lease_id] = now
             for lease_id in [k for k in self._renewed if k not in self._held]:
                 del self._renewed[lease_id]
-            for release_to, lease_ids in due.items():
+            await self._renew(due)
+
+    async def _renew(self, held: list[tuple[Grant, int]]) -> None:
+        """One Renew per consumer control queue for these leases."""
+        batches: dict[tuple[int, str], list[str]] = {}
+        for grant, node in held:
+            route = self._route(grant, node)
+            if route is not None:
+                batches.setdefault((route[0].index, route[1]), []).append(grant.lease_id)
+        for (index, control), lease_ids in batches.items():
+            link = self.nodes.nodes[index].link
+            if link is not None:
                 with contextlib.suppress(BrokerUnavailableError):
-                    await self.link.publish(release_to, Renew(lease_ids).dumps(), message_type="renew")
+                    await link.publish(control, Renew(lease_ids).dumps(), message_type="renew")
 
     async def _on_heartbeat(self, message: AbstractIncomingMessage) -> None:
         hb = amqp.decode(Heartbeat, message.body, "heartbeat")
         if hb is None:
             return
         self.registry.update(hb)
-        if hb.control and self._epochs.get(hb.control) != hb.epoch:
-            self._epochs[hb.control] = hb.epoch
-            await self._confirm_leases(hb.control)
+        self._controls[hb.url] = hb.controls or [hb.control]  # a consumer of protocol 2: node 0 only
+        if hb.control and self._epochs.get(hb.url) != hb.epoch:
+            self._epochs[hb.url] = hb.epoch
+            await self._confirm_leases(hb.url)
         self.metrics.replica_in_flight.labels(hb.model, hb.replica).set(hb.in_flight)
         self.metrics.replica_capacity.labels(hb.model, hb.replica).set(hb.max_concurrency)
 
-    async def _confirm_leases(self, control: str) -> None:
+    async def _confirm_leases(self, url: str) -> None:
         """A consumer (re)connected: renew at once the leases held there, before it reclaims them."""
         now = time.monotonic()
-        held = [g.lease_id for g in self._held.values() if g.release_to == control]
+        held = [(g, n) for g, n in self._held.values() if g.url == url]
         if not held or not self.connected:
             return
-        for lease_id in held:
-            self._renewed[lease_id] = now
-        with contextlib.suppress(BrokerUnavailableError):
-            await self.link.publish(control, Renew(held).dumps(), message_type="renew")
+        for grant, _ in held:
+            self._renewed[grant.lease_id] = now
+        await self._renew(held)

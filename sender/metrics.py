@@ -70,6 +70,12 @@ class SenderMetrics:
         self.releases_dropped = Counter(
             "llmd_releases_dropped", "Lease releases not kept for resending (too many pending)", registry=r
         )
+        self.tickets_moved = Counter(
+            "llmd_tickets_moved",
+            "Waiting tickets published anew on another broker node after theirs was lost",
+            ("model",),
+            registry=r,
+        )
         self.usage_pending = Gauge("llmd_usage_records_pending", "Usage records waiting to be written", registry=r)
         self.ready = Gauge(
             "llmd_sender_ready", "1 while /readyz answers 200 (broker connected, not draining)", registry=r

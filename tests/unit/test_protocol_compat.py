@@ -70,6 +70,7 @@ DEFAULTS: dict[type, dict[str, Any]] = {
         "admission": "",
         "control": "",
         "epoch": 0,
+        "controls": [],
     },
 }
 
