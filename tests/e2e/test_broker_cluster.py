@@ -81,9 +81,7 @@ async def load(base_url: str, token: str, until: float, t0: float) -> list[tuple
     return results
 
 
-async def test_losing_the_queues_node_moves_service_to_the_next_node_within_5_s(
-    stack_factory, cluster, queue_prefix
-):
+async def test_losing_the_queues_node_moves_service_to_the_next_node_within_5_s(stack_factory, cluster, queue_prefix):
     s = stack_factory(queue_timeout_s=10.0)
     sim = s.add_sim(model=MODEL, itl_base=0.02, max_num_seqs=16)
     consumer = s.consumer = s.add_consumer(MODEL, sim, max_concurrency=4, lease_reconcile_s=RECONCILE_S)
