@@ -5,11 +5,16 @@ thread, so the load generator costs little CPU) at concurrency 1, 16 and 64. Eac
 direct and through-the-dispatcher alternately, `--rounds` times, and medians are reported.
 
     .venv/bin/python bench/overhead.py [--duration 8] [--rounds 3]
+    .venv/bin/python bench/overhead.py --broker-nodes 3    # on a 3-node RabbitMQ cluster of its own
+
+`--broker-nodes N`: RabbitMQ nodes of the run's own (1: one private node; 3: three, clustered, the
+senders and consumer connected to all); default 0, the machine's broker on port 5672.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -20,6 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from devstack.broker import PrivateCluster
 from devstack.processes import cpu_seconds, running
 
 BODY = {"model": "bench-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -95,10 +101,25 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", default="1,16,64")
     ap.add_argument("--json", help="write raw results here")
+    ap.add_argument("--broker-nodes", type=int, default=0, help="private RabbitMQ nodes (0: the machine's)")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         print("wrk is needed: apt-get install -y wrk", file=sys.stderr)
         return 2
+    with contextlib.ExitStack() as brokers:
+        beams = {}
+        if args.broker_nodes:
+            cluster = brokers.enter_context(PrivateCluster(args.broker_nodes))
+            os.environ["LLMD_AMQP_URL"] = cluster.url
+            beams = {f"rabbitmq{i}": n.pid for i, n in enumerate(cluster.nodes)}
+        elif (beam := broker_pid()) is not None:
+            beams = {"rabbitmq": beam}
+        results = measure(args, beams)
+    report(args, results)
+    return 0
+
+
+def measure(args: argparse.Namespace, beams: dict[str, int]) -> dict[int, dict[str, list[dict]]]:
     levels = [int(c) for c in args.concurrency.split(",")]
     workdir = tempfile.mkdtemp(prefix="llmd-bench-")
     with running(workdir, [["--max-num-seqs", "1024"]], consumer_env={"LLMD_MAX_CONCURRENCY": "1024"}) as stack:
@@ -109,8 +130,7 @@ def main() -> int:
         wrk(via_url, token, 16, 2, workdir)  # warm-up: caches, pools, JIT-free but page cache and queues
         wrk(direct_url, None, 16, 2, workdir)
         pids = {"sender": stack.sender.pid, "consumer": stack.consumers[0].pid, "simulator": stack.procs[0].pid}
-        if (beam := broker_pid()) is not None:
-            pids["rabbitmq"] = beam
+        pids.update(beams)
         results: dict[int, dict[str, list[dict]]] = {}
         for c in levels:
             results[c] = {"direct": [], "dispatcher": []}
@@ -127,6 +147,10 @@ def main() -> int:
                 run["mean_ttfb_ms"] = delta_ms(before, after, "llmd_time_to_first_byte_seconds")
                 run["mean_in_sender_ms"] = delta_ms(before, after, "llmd_request_duration_seconds")
                 results[c]["dispatcher"].append(run)
+    return results
+
+
+def report(args: argparse.Namespace, results: dict[int, dict[str, list[dict]]]) -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     print(
@@ -156,7 +180,6 @@ def main() -> int:
     for c, runs in results.items():
         per = {n: statistics.median(r["cpu_ms_per_request"][n] for r in runs["dispatcher"]) for n in names}
         print(f"| {c} | " + " | ".join(f"{per[n]:.2f} ms" for n in names) + f" | {sum(per.values()):.2f} ms |")
-    return 0
 
 
 if __name__ == "__main__":

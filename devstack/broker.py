@@ -77,6 +77,11 @@ class PrivateBroker:
         self._pid = int(pid_file.read_text().strip()) if pid_file.exists() else None
         return self
 
+    @property
+    def pid(self) -> int | None:
+        """The node's Erlang VM process (None while it is not running)."""
+        return self._pid
+
     def accepting(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):

@@ -172,12 +172,12 @@ class Dispatcher:
         self.metrics.tickets_moved.labels(ticket.model).inc()
         try:
             await self._publish_ticket(ticket, ttl_s, waiter.sub, to)
+            await self._publish_cancel(old.id, to)  # should the old one be delivered after all (a blip)
         except Exception as exc:
+            log.warning("ticket %s not moved to broker node %d: %r", old.id, to.index, exc)
             if not waiter.fut.done():
                 waiter.fut.set_exception(
-                    BrokerUnavailableError(
-                        f"the message broker is unreachable ({exc!r:.80})", retry_after=self.settings.retry_after_s
-                    )
+                    BrokerUnavailableError("the message broker is unreachable", retry_after=self.settings.retry_after_s)
                 )
 
     async def _consume_replies(self, node: Node) -> None:

@@ -21,7 +21,7 @@ from bench.faults.report import table
 from bench.faults.run import SHORT_OPTIONS, Options, passed, run_scenario
 from bench.faults.scenarios import SCENARIOS, SHORT
 from bench.faults.stack import old_release
-from devstack.broker import PrivateBroker
+from devstack.broker import PrivateBroker, PrivateCluster
 from devstack.broker import available as broker_available
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +37,12 @@ async def run_all(names: list[str], opts: Options, out: Path) -> list[dict]:
     with PrivateBroker() as broker:
         for name in names:
             print(f"== {name}: {SCENARIOS[name].what}", flush=True)
-            result = await run_scenario(SCENARIOS[name], broker, opts, workdir, old)
+            sc = SCENARIOS[name]
+            if sc.cluster:
+                with PrivateCluster(sc.cluster) as cluster:
+                    result = await run_scenario(sc, cluster, opts, workdir, old)
+            else:
+                result = await run_scenario(sc, broker, opts, workdir, old)
             results.append(result)
             s = result["summary"]
             print(

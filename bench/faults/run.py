@@ -16,7 +16,7 @@ from sqlalchemy.pool import NullPool
 from bench.faults.load import Load, Shape, failure_window, finalize, summary
 from bench.faults.scenarios import Run, Scenario
 from bench.faults.stack import MODEL, FaultStack, OldRelease
-from devstack.broker import PrivateBroker
+from devstack.broker import PrivateBroker, PrivateCluster
 from devstack.tcpgate import TcpGate
 
 POSTGRES_URL = os.environ.get("LLMD_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
@@ -38,7 +38,7 @@ SHORT_OPTIONS = Options(duration=16.0, fault_at=4.0, shape=Shape(rate=12.0))
 
 
 async def run_scenario(
-    sc: Scenario, broker: PrivateBroker, opts: Options, workdir: str, old: OldRelease | None = None
+    sc: Scenario, broker: PrivateBroker | PrivateCluster, opts: Options, workdir: str, old: OldRelease | None = None
 ) -> dict:
     if sc.versions and old is None:
         raise RuntimeError(f"{sc.name} needs the old release")
@@ -64,6 +64,7 @@ async def run_scenario(
         await asyncio.to_thread(stack.wait_live, token)
         versions = {n: p.version for n, p in sorted(stack.procs.items()) if not n.startswith("sim")}
         load = Load(opts.shape, MODEL, token, stack.sender_urls)
+        upstream_before = await asyncio.to_thread(stack.counter, stack.sims(), "vllm:request_success")
         t0 = time.perf_counter()
         run = Run(stack, load, t0, opts.fault_at, opts.duration, extra=extra)
         fault = asyncio.create_task(sc.fault(run), name=sc.name)
@@ -72,6 +73,17 @@ async def run_scenario(
         finalize(load.results)
         # From the last answer, or the fault's end if it outlasted the load (an outage, a reclaim).
         ended = max([run.now(), *(r.end for r in load.results)])
+        if "node_lost_at" in run.notes:  # requests vLLM served against answers: nothing granted twice
+            run.notes["upstream_requests"] = round(
+                await asyncio.to_thread(stack.counter, stack.sims(), "vllm:request_success") - upstream_before
+            )
+            run.notes["ok_answers"] = sum(1 for r in load.results if r.klass == "ok")
+            lost = run.notes["node_lost_at"]  # the first request started after the loss that succeeded
+            starts = [r.start for r in load.results if r.klass == "ok" and r.start >= lost]
+            run.notes["ok_after_loss_s"] = round(min(starts) - lost, 2) if starts else None
+            run.notes["refused_in_loss"] = sum(
+                1 for r in load.results if r.klass == "clear" and lost <= r.start <= run.notes["fault_end"]
+            )
         if "broker_down_s" in run.notes:  # the first request started after the node's return that succeeded
             back = run.notes["fault_end"]
             starts = [r.start for r in load.results if r.klass == "ok" and r.start >= back]

@@ -54,6 +54,7 @@ class Scenario:
     env: dict[str, str] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)  # process name -> "old"
     postgres: bool = False  # the token database is a PostgreSQL database behind a TcpGate
+    cluster: int = 0  # run on a RabbitMQ cluster of this many nodes of its own (0: the suite's node)
 
 
 # -- the broker ----------------------------------------------------------------------------------
@@ -78,6 +79,20 @@ async def broker_kill(run: Run) -> None:
     await asyncio.to_thread(run.stack.broker.start)
     run.mark("broker accepting")
     run.notes["broker_down_s"] = round(run.now() - down, 1)
+    run.notes["fault_end"] = run.now()
+
+
+async def node_loss(run: Run) -> None:
+    """The cluster node that holds the model's queue (node 0, where every sender publishes) SIGKILLed,
+    started again 10 s later."""
+    await run.at(run.fault_at)
+    node = run.stack.broker.nodes[0]
+    run.mark("broker node 0 SIGKILLed")
+    await asyncio.to_thread(node.kill)
+    run.notes["node_lost_at"] = run.now()
+    await asyncio.sleep(10.0)
+    await asyncio.to_thread(node.start)
+    run.mark("broker node 0 accepting")
     run.notes["fault_end"] = run.now()
 
 
@@ -285,6 +300,12 @@ SCENARIOS: dict[str, Scenario] = {
     for s in [
         Scenario("broker-restart", "the broker node stopped gracefully and started again", broker_restart),
         Scenario("broker-kill", "the broker node SIGKILLed, started again 2 s later", broker_kill),
+        Scenario(
+            "node-loss",
+            "3-node broker cluster: node 0 (holding the queue) SIGKILLed, back 10 s later",
+            node_loss,
+            cluster=3,
+        ),
         Scenario("consumer-kill", "consumer r0 of two SIGKILLed, replaced 5 s later", consumer_kill),
         Scenario("replica-die", "vLLM replica sim0 of two: engine dead for 10 s, then revived", replica_die),
         Scenario("replica-kill", "vLLM replica sim0 of two SIGKILLed, started again 5 s later", replica_kill),

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import aio_pika
 
-from devstack.broker import PrivateBroker
+from devstack.broker import PrivateBroker, PrivateCluster
 from devstack.net import free_port, wait_http
 from devstack.processes import EXE, ProcessStack
 from llm_dispatcher import protocol
@@ -59,7 +59,7 @@ class Proc:
 
 @dataclass
 class FaultStack:
-    broker: PrivateBroker
+    broker: PrivateBroker | PrivateCluster
     workdir: str
     replicas: int = 2
     senders: int = 1
@@ -208,17 +208,21 @@ class FaultStack:
         return total
 
     async def queue_depth(self) -> int | None:
-        try:
-            conn = await asyncio.wait_for(aio_pika.connect(self.broker.url), 5)
-        except Exception:
-            return None
-        try:
-            async with conn:
-                ch = await conn.channel()
-                q = await ch.declare_queue(protocol.model_queue(self.prefix, MODEL), passive=True)
-                return q.declaration_result.message_count or 0
-        except Exception:
-            return None
+        """Tickets waiting in the model's queues (on every node of a cluster); None if one is unreadable."""
+        total = 0
+        for node, url in enumerate(self.broker.url.split(",")):
+            try:
+                conn = await asyncio.wait_for(aio_pika.connect(url), 5)
+            except Exception:
+                return None
+            try:
+                async with conn:
+                    ch = await conn.channel()
+                    q = await ch.declare_queue(protocol.model_queue(self.prefix, MODEL, node), passive=True)
+                    total += q.declaration_result.message_count or 0
+            except Exception:
+                return None
+        return total
 
     def dead(self) -> list[str]:
         return [n for n, p in sorted(self.procs.items()) if p.popen.poll() is not None]

@@ -379,12 +379,41 @@ def test_internal_services_take_urls_from_operator_and_chart_secrets(chart: Any)
         "name": f"{RELEASE}-llm-dispatcher-rabbitmq-default-user",
         "key": "password",
     }
-    assert env["LLMD_AMQP_URL"]["value"] == "amqp://$(AMQP_USERNAME):$(AMQP_PASSWORD)@$(AMQP_HOST):$(AMQP_PORT)/"
+    name = f"{RELEASE}-llm-dispatcher-rabbitmq"
+    assert env["LLMD_AMQP_URL"]["value"].split(",") == [  # every node of the cluster by its headless-Service name
+        f"amqp://$(AMQP_USERNAME):$(AMQP_PASSWORD)@{name}-server-{i}.{name}-nodes.{NAMESPACE}.svc:$(AMQP_PORT)/"
+        for i in range(3)
+    ]
+    single = env_of(sender_container(render(chart, {"rabbitmq": {"internal": {"replicas": 1}}})))
+    assert single["LLMD_AMQP_URL"]["value"] == "amqp://$(AMQP_USERNAME):$(AMQP_PASSWORD)@$(AMQP_HOST):$(AMQP_PORT)/"
     assert env["LLMD_DATABASE_URL"]["value"].startswith(
         "postgresql+asyncpg://llmd:$(DB_PASSWORD)@llmd-llm-dispatcher-db:5432/"
     )
     (rabbit,) = of_kind(docs, "RabbitmqCluster")
     assert rabbit["metadata"]["name"] == f"{RELEASE}-llm-dispatcher-rabbitmq"
+
+
+def test_the_internal_broker_is_a_three_node_cluster_with_a_disruption_budget(chart: Any) -> None:
+    docs = render(chart)
+    (rabbit,) = of_kind(docs, "RabbitmqCluster")
+    assert rabbit["spec"]["replicas"] == 3
+    pdbs = {d["metadata"]["name"]: d for d in of_kind(docs, "PodDisruptionBudget")}
+    pdb = pdbs[rabbit["metadata"]["name"]]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == {  # the labels the operator gives its pods
+        "app.kubernetes.io/name": rabbit["metadata"]["name"],
+        "app.kubernetes.io/component": "rabbitmq",
+    }
+    single = render(chart, {"rabbitmq": {"internal": {"replicas": 1}}})
+    assert rabbit["metadata"]["name"] not in {d["metadata"]["name"] for d in of_kind(single, "PodDisruptionBudget")}
+
+
+def test_an_external_cluster_is_listed_node_by_node(chart: Any) -> None:
+    values = {"rabbitmq": {"mode": "external", "external": {"hosts": ["r0.mq", "r1.mq"], "existingSecret": "mq"}}}
+    env = env_of(sender_container(render(chart, values)))
+    assert env["LLMD_AMQP_URL"]["value"] == (
+        "amqp://$(AMQP_USERNAME):$(AMQP_PASSWORD)@r0.mq:5672/,amqp://$(AMQP_USERNAME):$(AMQP_PASSWORD)@r1.mq:5672/"
+    )
 
 
 @pytest.mark.parametrize(
@@ -548,10 +577,12 @@ def test_every_value_is_documented_and_listed_in_the_docs_table() -> None:
     assert not missing, f"docs/kubernetes.md values table lacks {missing}"
 
 
-def test_standalone_rabbitmq_cluster_manifest_is_a_rabbitmqcluster() -> None:
-    (doc,) = [d for d in yaml.safe_load_all((ROOT / "rabbitmq-cluster.yaml").read_text()) if d]
+def test_standalone_rabbitmq_cluster_manifest_is_a_three_node_rabbitmqcluster_with_a_disruption_budget() -> None:
+    doc, pdb = [d for d in yaml.safe_load_all((ROOT / "rabbitmq-cluster.yaml").read_text()) if d]
     assert (doc["apiVersion"], doc["kind"]) == ("rabbitmq.com/v1beta1", "RabbitmqCluster")
-    assert doc["spec"]["replicas"] >= 1 and doc["metadata"]["name"]
+    assert doc["spec"]["replicas"] == 3 and doc["metadata"]["name"]
+    assert pdb["kind"] == "PodDisruptionBudget" and pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == doc["metadata"]["name"]
 
 
 # ------------------------------------------------------------------------------- falsy values kept

@@ -59,3 +59,11 @@ def test_example_tokens_seeded_outside_development_refuse_to_start():
         refuse_placeholder_tokens(examples, prod)
     refuse_placeholder_tokens(examples, SenderSettings())  # development: allowed
     refuse_placeholder_tokens(examples[1:], prod)
+
+
+def test_every_node_of_a_broker_cluster_is_checked_for_a_placeholder_credential():
+    good, bad = "amqp://app:strong-one@mq-0:5672/", "amqp://guest:guest@mq-1:5672/"
+    with pytest.raises(ValidationError, match=r"LLMD_AMQP_URL \(node 1\) uses the broker's stock"):
+        SenderSettings(amqp_url=f"{good},{bad}")
+    assert not SenderSettings(amqp_url=f"{good},amqp://app:strong-one@mq-1:5672/").is_development()
+    assert SenderSettings(amqp_url="amqp://guest:guest@127.0.0.1:5672/,amqp://guest:guest@127.0.0.1:5673/").is_development()

@@ -156,12 +156,24 @@ generated ones are); otherwise put a complete URL in the Secret and set `urlKey`
   valueFrom: {secretKeyRef: {name: {{ $secret }}, key: username}}
 - name: AMQP_PASSWORD
   valueFrom: {secretKeyRef: {name: {{ $secret }}, key: password}}
+{{- if eq (int $r.internal.replicas) 1 }}
 - name: AMQP_HOST
   valueFrom: {secretKeyRef: {name: {{ $secret }}, key: host}}
+{{- end }}
 - name: AMQP_PORT
   valueFrom: {secretKeyRef: {name: {{ $secret }}, key: port}}
 - name: LLMD_AMQP_URL
+{{- if eq (int $r.internal.replicas) 1 }}
   value: "amqp://$(AMQP_USERNAME):$(AMQP_PASSWORD)@$(AMQP_HOST):$(AMQP_PORT)/"
+{{- else }}
+  {{- /* every node by its name in the operator's headless Service <name>-nodes, node 0 first */}}
+  {{- $name := include "llm-dispatcher.rabbitmqName" . }}
+  {{- $urls := list }}
+  {{- range $i := until (int $r.internal.replicas) }}
+  {{- $urls = append $urls (printf "amqp://$(AMQP_USERNAME):$(AMQP_PASSWORD)@%s-server-%d.%s-nodes.%s.svc:$(AMQP_PORT)/" $name $i $name $.Release.Namespace) }}
+  {{- end }}
+  value: {{ join "," $urls | quote }}
+{{- end }}
 {{- else if $r.external.urlKey }}
 - name: LLMD_AMQP_URL
   valueFrom: {secretKeyRef: {name: {{ required "rabbitmq.external.existingSecret is required in external mode" $r.external.existingSecret }}, key: {{ $r.external.urlKey }}}}
@@ -172,8 +184,16 @@ generated ones are); otherwise put a complete URL in the Secret and set `urlKey`
   valueFrom: {secretKeyRef: {name: {{ $secret }}, key: {{ $r.external.usernameKey }}}}
 - name: AMQP_PASSWORD
   valueFrom: {secretKeyRef: {name: {{ $secret }}, key: {{ $r.external.passwordKey }}}}
+{{- $hosts := $r.external.hosts }}
+{{- if not $hosts }}
+{{- $hosts = list (required "rabbitmq.external.host is required in external mode" $r.external.host) }}
+{{- end }}
+{{- $urls := list }}
+{{- range $host := $hosts }}
+{{- $urls = append $urls (printf "%s://$(AMQP_USERNAME):$(AMQP_PASSWORD)@%s:%d/%s" (ternary "amqps" "amqp" $r.external.tls) $host (int $r.external.port) $vhost) }}
+{{- end }}
 - name: LLMD_AMQP_URL
-  value: {{ printf "%s://$(AMQP_USERNAME):$(AMQP_PASSWORD)@%s:%d/%s" (ternary "amqps" "amqp" $r.external.tls) (required "rabbitmq.external.host is required in external mode" $r.external.host) (int $r.external.port) $vhost | quote }}
+  value: {{ join "," $urls | quote }}
 {{- end }}
 {{- end }}
 
