@@ -66,4 +66,6 @@ def test_every_node_of_a_broker_cluster_is_checked_for_a_placeholder_credential(
     with pytest.raises(ValidationError, match=r"LLMD_AMQP_URL \(node 1\) uses the broker's stock"):
         SenderSettings(amqp_url=f"{good},{bad}")
     assert not SenderSettings(amqp_url=f"{good},amqp://app:strong-one@mq-1:5672/").is_development()
-    assert SenderSettings(amqp_url="amqp://guest:guest@127.0.0.1:5672/,amqp://guest:guest@127.0.0.1:5673/").is_development()
+    assert SenderSettings(
+        amqp_url="amqp://guest:guest@127.0.0.1:5672/,amqp://guest:guest@127.0.0.1:5673/"
+    ).is_development()
