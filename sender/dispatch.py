@@ -156,14 +156,14 @@ class Dispatcher:
                     )
                 )
             else:
-                self._spawn(self._move(waiter, to), "move-ticket")
+                self._spawn(self._move(waiter, node.index, to), "move-ticket")
 
-    async def _move(self, waiter: Waiter, to: Node) -> None:
+    async def _move(self, waiter: Waiter, lost: int, to: Node) -> None:
         """Publish the waiter's ticket anew (new id, same deadline) on `to`; a grant of the old one that
         still arrives finds no waiter and is released."""
         old = waiter.ticket
         ttl_s = old.deadline_ms / 1000 - time.time()
-        if waiter.fut.done() or ttl_s <= 0:
+        if waiter.fut.done() or ttl_s <= 0 or waiter.node != lost:  # granted, expired, or published elsewhere
             return
         ticket = dataclasses.replace(old, id=uuid.uuid4().hex)
         self._waiting.pop(old.id, None)
@@ -316,7 +316,7 @@ class Dispatcher:
         if batch:
             self._batch_waiting[model] = self._batch_waiting.get(model, 0) + 1
         try:
-            await self._publish_ticket(ticket, timeout, sub, node)
+            await self._publish_first(waiter, timeout)
             return await asyncio.wait_for(waiter.fut, timeout)
         except TimeoutError:
             self._abandon(waiter)
@@ -332,6 +332,21 @@ class Dispatcher:
             if batch:
                 self._batch_waiting[model] -= 1
             self._waiting.pop(waiter.ticket.id, None)
+
+    async def _publish_first(self, waiter: Waiter, ttl_s: float) -> None:
+        """Publish on the waiter's node; if that fails as the node is lost, on the next node reached."""
+        tried: set[int] = set()
+        while True:
+            node = self.nodes.nodes[waiter.node]
+            tried.add(node.index)
+            try:
+                await self._publish_ticket(waiter.ticket, ttl_s, waiter.sub, node)
+                return
+            except BrokerUnavailableError:
+                nxt = self.nodes.first()
+                if nxt is None or nxt.index in tried:
+                    raise
+                waiter.node = nxt.index
 
     async def _publish_ticket(self, ticket: Ticket, ttl_s: float, sub: int, node: Node) -> None:
         levels = (await self._shape(ticket.model, node)).levels

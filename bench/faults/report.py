@@ -20,6 +20,11 @@ def check_cell(c: dict) -> str:
 
 
 NOTE_KEYS = {
+    "ok_after_loss_s": "first OK {} s after the node was lost",
+    "refused_in_loss": "{} refused while it was away",
+    "moved": "{} waiting tickets moved to node 1",
+    "upstream_requests": "vLLM served {} requests",
+    "ok_answers": "for {} OK answers",
     "broker_down_s": "broker away {} s",
     "ok_again_after_s": "first OK {} s after it accepted again",
     "storm": "storm: {}",

@@ -91,6 +91,9 @@ async def node_loss(run: Run) -> None:
     await asyncio.to_thread(node.kill)
     run.notes["node_lost_at"] = run.now()
     await asyncio.sleep(10.0)
+    run.notes["moved"] = round(
+        await asyncio.to_thread(run.stack.counter, run.stack.senders_live(), "llmd_tickets_moved_total")
+    )
     await asyncio.to_thread(node.start)
     run.mark("broker node 0 accepting")
     run.notes["fault_end"] = run.now()
