@@ -323,13 +323,13 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("sender-kill", "sender0 of two SIGKILLed mid-stream, load moved to sender1", sender_kill, senders=2),
         Scenario(
             "upgrade-old-sender",
-            "old sender (protocol 1) with consumers rolled old -> new under load",
+            "old sender (the previous protocol) with consumers rolled old -> new under load",
             roll_consumers,
             versions={"sender0": "old", "r0": "old", "r1": "old"},
         ),
         Scenario(
             "upgrade-new-sender",
-            "new sender with old consumers (protocol 1), rolled to new under load",
+            "new sender with old consumers (the previous protocol), rolled to new under load",
             roll_consumers,
             versions={"r0": "old", "r1": "old"},
         ),
