@@ -117,7 +117,7 @@ class Nodes:
         """Tries every node once, at the same time; each that failed is retried in the background until
         it answers. Returns the failures (all of them: no node reached yet)."""
         results = await asyncio.gather(*(self._connect(n) for n in self.nodes), return_exceptions=True)
-        failures = []
+        failures: list[BaseException] = []
         for node, result in zip(self.nodes, results, strict=True):
             if isinstance(result, BaseException):
                 if not isinstance(result, UNREACHABLE):

@@ -362,8 +362,8 @@ class Dispatcher:
 
     def _abandon(self, waiter: Waiter) -> None:
         """Tell every consumer to drop this ticket if they see it (fire and forget)."""
-        node = self.nodes.nodes[waiter.node]
-        if not node.connected:
+        node: Node | None = self.nodes.nodes[waiter.node]
+        if node is None or not node.connected:
             node = self.nodes.first()
         if node is not None:
             self._spawn(self._publish_cancel(waiter.ticket.id, node), "cancel")
