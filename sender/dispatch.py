@@ -246,9 +246,24 @@ class Dispatcher:
         return max(0, count - (seen[2] if seen is not None else 0))
 
     async def _declare(self, model: str) -> int:
-        node = self.nodes.first()
-        if node is None or node.link is None:
-            raise BrokerUnavailableError("the message broker is unreachable", retry_after=self.settings.retry_after_s)
+        """The depth of the model's queue on the first node reached; on the next one if that node is lost
+        during the query."""
+        tried: set[int] = set()
+        while True:
+            node = self._first_untried(tried)
+            if node is None:
+                raise BrokerUnavailableError(
+                    "the message broker is unreachable", retry_after=self.settings.retry_after_s
+                )
+            tried.add(node.index)
+            try:
+                return await self._declare_on(model, node)
+            except BrokerUnavailableError:
+                if len(self.nodes) == 1:
+                    raise
+
+    async def _declare_on(self, model: str, node: Node) -> int:
+        assert node.link is not None
         shape = await self._shape(model, node)
         channel = await node.link.raw()
         batch_then = self.batch_waiting(model)
@@ -333,6 +348,10 @@ class Dispatcher:
                 self._batch_waiting[model] -= 1
             self._waiting.pop(waiter.ticket.id, None)
 
+    def _first_untried(self, tried: set[int]) -> Node | None:
+        """The first connected node not tried yet (a node that just failed may not know it is lost yet)."""
+        return next((n for n in self.nodes.connected() if n.index not in tried), None)
+
     async def _publish_first(self, waiter: Waiter, ttl_s: float) -> None:
         """Publish on the waiter's node; if that fails as the node is lost, on the next node reached."""
         tried: set[int] = set()
@@ -343,8 +362,8 @@ class Dispatcher:
                 await self._publish_ticket(waiter.ticket, ttl_s, waiter.sub, node)
                 return
             except BrokerUnavailableError:
-                nxt = self.nodes.first()
-                if nxt is None or nxt.index in tried:
+                nxt = self._first_untried(tried)
+                if nxt is None:
                     raise
                 waiter.node = nxt.index
 

@@ -36,7 +36,15 @@ from sender.context import SenderContext
 from sender.fairness import Share, estimated_cost
 from sender.limits import Hold, KeyLimits, Refusal
 from sender.metrics import OTHER_MODEL
-from sender.requests import end_user, parse_body, read_body, read_headers, requested_priority, upstream_body
+from sender.requests import (
+    UpstreamBody,
+    end_user,
+    parse_body,
+    read_body,
+    read_headers,
+    requested_priority,
+    upstream_body,
+)
 from sender.usage import Tail, UsageEventFilter
 
 log = logging.getLogger(__name__)
@@ -247,21 +255,11 @@ async def relay(
 ) -> None:
     """Send the request to the granted replica and relay its answer to `send` (ASGI messages) as it
     arrives: status and headers as vLLM gave them, bytes unchanged, streams unbuffered."""
-    vllm_priority = ctx.settings.max_priority - admission.priority if grant.forward_priority else None
-    request = upstream_body(admission.body, admission.payload, path, vllm_priority)
-    url = grant.url.rstrip("/") + path
-    if query:
-        url += "?" + query.decode("latin-1")
-    headers = proxy.forwarded_headers(client_headers, outcome.request_id, ctx.settings.forward_user_headers)
-    try:
-        upstream = await ctx.session.post(url, data=request.body, headers=headers)
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        raise UpstreamError(f"the model server at {grant.replica} could not be reached: {exc!r}") from exc
+    request, upstream = await open_upstream(ctx, admission, grant, path, query, client_headers, outcome)
     outcome.status = upstream.status
     sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
     event_filter = UsageEventFilter() if request.strip_usage and sse else None
     tail = Tail()
-    ttfb = ctx.metrics.ttfb.labels(admission.model)
     try:
         await send(
             {
@@ -271,21 +269,7 @@ async def relay(
                 + rate_headers(outcome),
             }
         )
-        async for chunk in upstream.content.iter_any():
-            if outcome.ttfb_s is None:
-                outcome.ttfb_s = time.perf_counter() - outcome.started
-                ttfb.observe(outcome.ttfb_s)
-            if event_filter is not None:
-                chunk = event_filter.feed(chunk)
-                if not chunk:
-                    continue
-            else:
-                tail.add(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if sse and chunk.rstrip().endswith(b"data: [DONE]"):
-                outcome.delivered = True
-        rest = event_filter.flush() if event_filter is not None else b""
-        await send({"type": "http.response.body", "body": rest, "more_body": False})
+        await relay_body(upstream, send, outcome, ctx.metrics.ttfb.labels(admission.model), event_filter, tail, sse)
     except (TimeoutError, aiohttp.ClientError) as exc:
         # Headers are gone already: a stream ends with an error event and [DONE], as vLLM ends one whose
         # engine failed, so that the client reads a clear error; any other body can only be cut short.
@@ -299,13 +283,57 @@ async def relay(
         upstream.release()
         # However the relay ended: a client that hangs up right after the last event (before vLLM's
         # connection closed) has still been served, and its tokens are counted.
+        counted = tail if event_filter is None else event_filter
+        outcome.prompt_tokens, outcome.completion_tokens = counted.usage()
+
+
+async def open_upstream(
+    ctx: SenderContext,
+    admission: Admission,
+    grant: Grant,
+    path: str,
+    query: bytes,
+    client_headers: list[tuple[bytes, bytes]],
+    outcome: Outcome,
+) -> tuple[UpstreamBody, aiohttp.ClientResponse]:
+    """The request as the replica gets it, sent: its response with status and headers read."""
+    vllm_priority = ctx.settings.max_priority - admission.priority if grant.forward_priority else None
+    request = upstream_body(admission.body, admission.payload, path, vllm_priority)
+    url = grant.url.rstrip("/") + path
+    if query:
+        url += "?" + query.decode("latin-1")
+    headers = proxy.forwarded_headers(client_headers, outcome.request_id, ctx.settings.forward_user_headers)
+    try:
+        return request, await ctx.session.post(url, data=request.body, headers=headers)
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise UpstreamError(f"the model server at {grant.replica} could not be reached: {exc!r}") from exc
+
+
+async def relay_body(
+    upstream: aiohttp.ClientResponse,
+    send,
+    outcome: Outcome,
+    ttfb,
+    event_filter: UsageEventFilter | None,
+    tail: Tail,
+    sse: bool,
+) -> None:
+    """The response body, chunk by chunk as it arrives (the usage event we added taken out of a stream)."""
+    async for chunk in upstream.content.iter_any():
+        if outcome.ttfb_s is None:
+            outcome.ttfb_s = time.perf_counter() - outcome.started
+            ttfb.observe(outcome.ttfb_s)
         if event_filter is not None:
-            outcome.prompt_tokens, outcome.completion_tokens = (
-                event_filter.prompt_tokens,
-                event_filter.completion_tokens,
-            )
+            chunk = event_filter.feed(chunk)
+            if not chunk:
+                continue
         else:
-            outcome.prompt_tokens, outcome.completion_tokens = tail.usage()
+            tail.add(chunk)
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if sse and chunk.rstrip().endswith(b"data: [DONE]"):
+            outcome.delivered = True
+    rest = event_filter.flush() if event_filter is not None else b""
+    await send({"type": "http.response.body", "body": rest, "more_body": False})
 
 
 # -- record ----------------------------------------------------------------------------------------

@@ -49,6 +49,10 @@ class UsageEventFilter:
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
 
+    def usage(self) -> tuple[int | None, int | None]:
+        """Prompt and completion tokens from the usage event taken out (None until it came)."""
+        return self.prompt_tokens, self.completion_tokens
+
     def feed(self, chunk: bytes) -> bytes:
         data = self._pending + chunk
         cut = data.rfind(b"\n\n")
