@@ -15,9 +15,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
 
 import aiormq
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueue
@@ -32,6 +30,7 @@ from llm_dispatcher import amqp, protocol
 from llm_dispatcher.errors import BrokerUnavailableError
 from llm_dispatcher.nodes import Node, Nodes, broker_urls
 from llm_dispatcher.protocol import Cancel, Grant, Heartbeat, Release, Renew, Ticket
+from llm_dispatcher.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +113,7 @@ class Consumer:
         self._cancelled: OrderedDict[str, None] = OrderedDict()
         self._gate_lock = asyncio.Lock()
         self._gate_wakeup = asyncio.Event()
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = BackgroundTasks("consumer")
         st = settings
         base = f"{st.queue_prefix}.ctl.{st.replica_id}.{uuid.uuid4().hex[:8]}"
         self.nodes = Nodes(
@@ -142,9 +141,9 @@ class Consumer:
         except BaseException:
             await self.nodes.close()
             raise
-        self._spawn(self._gate_loop(), "gate")
-        self._spawn(self._heartbeat_loop(), "heartbeat")
-        self._spawn(self._expiry_loop(), "lease-expiry")
+        self._tasks.spawn(self._gate_loop(), "gate")
+        self._tasks.spawn(self._heartbeat_loop(), "heartbeat")
+        self._tasks.spawn(self._expiry_loop(), "lease-expiry")
         self.poke()
         log.info(
             "consumer of %s for %s started (max_concurrency=%d)",
@@ -166,17 +165,6 @@ class Consumer:
         await pull.topology.control.consume(self._on_control, no_ack=True)
         self._heartbeat_now.set()
         self.poke()
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("consumer task %s failed: %r", task.get_name(), task.exception())
 
     @property
     def connected(self) -> bool:
@@ -244,10 +232,7 @@ class Consumer:
         """Leave: cancel the subscription (unacked tickets return to the queue), say goodbye, close."""
         self.draining = True
 
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel()
         with contextlib.suppress(Exception):
             await self._set_pulling(False)
         with contextlib.suppress(Exception):

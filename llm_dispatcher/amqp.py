@@ -4,9 +4,8 @@ project's (`broker_errors`, as httpx maps httpcore's exceptions at its transport
 
     link = await BrokerLink.open(url, "sender:...", on_lost=..., on_restored=...)
     link.connected          False from a lost connection until it is restored (never raised)
-    link.spawn(coro, name)  a background task kept until it ends, cancelled by close()
     await link.publish(...) BrokerUnavailableError when the broker cannot take it
-    await link.close()      tasks cancelled, then the connection closed: one shutdown for both services
+    await link.close()      the connection closed (not a loss: no on_lost callback)
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import aio_pika
@@ -65,7 +64,6 @@ class BrokerLink:
         self.channel = channel
         self.retry_after_s = retry_after_s
         self.connected = True
-        self._tasks: set[asyncio.Task] = set()
         self._closing = False
         self._on_lost: list[Callable[[], None]] = []
         self._on_restored: list[Callable[[], None]] = []
@@ -99,18 +97,6 @@ class BrokerLink:
         for callback in self._on_restored:
             callback()
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
-        """A background task, referenced until it ends (a failure is logged), cancelled by close()."""
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("broker task %s failed: %r", task.get_name(), task.exception())
-
     async def raw(self) -> aiormq.abc.AbstractChannel:
         with broker_errors(self.retry_after_s):
             return await self.channel.get_underlay_channel()
@@ -121,15 +107,8 @@ class BrokerLink:
         with broker_errors(self.retry_after_s):
             await publish(self.channel, routing_key, body, **kwargs)
 
-    async def close(self, before_closing: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Cancel the background tasks, run `before_closing` (goodbyes), close the connection."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if before_closing is not None:
-            with contextlib.suppress(Exception):
-                await before_closing()
+    async def close(self) -> None:
+        """Close the connection: our own close, not a loss (no on_lost callback)."""
         self._closing = True
         self.connected = False
         with contextlib.suppress(Exception):

@@ -24,7 +24,6 @@ One URL is the cluster of one: queue names, messages and behaviour are what they
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -170,17 +169,9 @@ class Nodes:
         for callback in self._on_restored:
             callback(node)
 
-    async def close(self, before_closing: Callable[[Node], Awaitable[None]] | None = None) -> None:
-        """Stops the background connecting, then closes every link (`before_closing(node)` first)."""
+    async def close(self) -> None:
+        """Stops the background connecting, then closes every link."""
         for task in list(self._connecting):
             task.cancel()
         await asyncio.gather(*self._connecting, return_exceptions=True)
-
-        async def close_one(node: Node) -> None:
-            if node.link is None:
-                return
-            hook = None if before_closing is None else (lambda: before_closing(node))
-            with contextlib.suppress(Exception):
-                await node.link.close(hook)
-
-        await asyncio.gather(*(close_one(n) for n in self.nodes))
+        await asyncio.gather(*(n.link.close() for n in self.nodes if n.link is not None))

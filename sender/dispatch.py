@@ -29,8 +29,6 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Coroutine
-from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 from aiormq.abc import DeliveredMessage
@@ -39,6 +37,7 @@ from llm_dispatcher import amqp, protocol
 from llm_dispatcher.errors import BrokerUnavailableError, QueueTimeoutError
 from llm_dispatcher.nodes import Node, Nodes, broker_urls
 from llm_dispatcher.protocol import Cancel, Grant, Heartbeat, Release, Renew, Ticket
+from llm_dispatcher.tasks import BackgroundTasks
 from sender.fairness import broker_priority
 from sender.metrics import SenderMetrics
 from sender.registry import Registry
@@ -75,7 +74,7 @@ class Dispatcher:
             self._attach,
             retry_after_s=settings.retry_after_s,
         )
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = BackgroundTasks("broker")
         self._waiting: dict[str, Waiter] = {}
         self._batch_waiting: dict[str, int] = {}  # model -> this sender's batch-line tickets in its queue
         self._depth_calls: dict[str, asyncio.Future[int]] = {}
@@ -100,8 +99,8 @@ class Dispatcher:
         failures = await self.nodes.start()
         if len(failures) == len(self.nodes):
             log.warning("the message broker is unreachable (%r): not ready; connecting in the background", failures[0])
-        self._spawn(self._depth_loop(), "queue-depth")
-        self._spawn(self._renew_loop(), "lease-renewal")
+        self._tasks.spawn(self._depth_loop(), "queue-depth")
+        self._tasks.spawn(self._renew_loop(), "lease-renewal")
         return self
 
     def _reply_name(self, node: Node) -> str:
@@ -120,27 +119,12 @@ class Dispatcher:
         await hb_queue.bind(heartbeats)
         await hb_queue.consume(self._on_heartbeat, no_ack=True)
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
-        """A background task, referenced until it ends (a failure is logged), cancelled by stop()."""
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("broker task %s failed: %r", task.get_name(), task.exception())
-
     @property
     def connected(self) -> bool:
         return self.nodes.any_connected
 
     async def stop(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel()
         await self.nodes.close()
         self._fail_waiting("the sender is shutting down")
 
@@ -156,7 +140,7 @@ class Dispatcher:
                     )
                 )
             else:
-                self._spawn(self._move(waiter, node.index, to), "move-ticket")
+                self._tasks.spawn(self._move(waiter, node.index, to), "move-ticket")
 
     async def _move(self, waiter: Waiter, lost: int, to: Node) -> None:
         """Publish the waiter's ticket anew (new id, same deadline) on `to`; a grant of the old one that
@@ -190,12 +174,12 @@ class Dispatcher:
     def _on_restored(self, node: Node) -> None:
         for key in [k for k in self._shapes if k[1] == node.index]:
             del self._shapes[key]  # a node that lost its queues declares them anew
-        self._spawn(self._consume_replies(node), "consume-replies")
+        self._tasks.spawn(self._consume_replies(node), "consume-replies")
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
         if self._pending_releases and (self._flush_task is None or self._flush_task.done()):
-            self._flush_task = self._spawn(self._flush_releases(), "flush-releases")
+            self._flush_task = self._tasks.spawn(self._flush_releases(), "flush-releases")
 
     async def _flush_releases(self) -> None:
         """Releases that could not be sent, sent again once consumers have re-subscribed."""
@@ -385,7 +369,7 @@ class Dispatcher:
         if node is None or not node.connected:
             node = self.nodes.first()
         if node is not None:
-            self._spawn(self._publish_cancel(waiter.ticket.id, node), "cancel")
+            self._tasks.spawn(self._publish_cancel(waiter.ticket.id, node), "cancel")
 
     async def _publish_cancel(self, ticket_id: str, node: Node) -> None:
         assert node.link is not None
