@@ -38,6 +38,7 @@ class Snapshot:
     kv_cache_usage: float | None = None
     tokens_per_second: float | None = None
     draining: bool = False
+    reserve_held: bool = True  # False: no high-priority grant for reserved_hold_s, the reserve is lent out
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,7 @@ def decide(s: Snapshot, limits: Limits, priority: int | None = None) -> Decision
         return Decision(False, Reason.AT_MAX_CONCURRENCY)
     if (
         priority is not None
+        and s.reserve_held
         and priority < limits.reserved_min_priority
         and s.in_flight >= limits.max_concurrency - limits.reserved_slots
     ):

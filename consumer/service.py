@@ -97,6 +97,7 @@ class Consumer:
             reserved_min_priority=settings.reserved_min_priority,
         )
         self._hold_until = 0.0  # a low ticket at the head was refused for the reserve: look again then
+        self._high_granted_at = -float("inf")  # the last grant of a ticket that may use the reserve
         self.leases = LeaseTable(settings.lease_ttl_s)
         self.watcher = VllmWatcher(
             settings.vllm_url,
@@ -195,7 +196,15 @@ class Consumer:
             kv_cache_usage=s.kv_cache_usage if s else None,
             tokens_per_second=w.tokens_per_second,
             draining=self.draining,
+            reserve_held=self.reserve_held,
         )
+
+    @property
+    def reserve_held(self) -> bool:
+        """Are the reserved slots kept for high priority now? Always, unless reserved_hold_s is set: then
+        only that long after the last high-priority grant (a batch alone may fill the whole replica)."""
+        hold = self.settings.reserved_hold_s
+        return hold == 0 or time.monotonic() - self._high_granted_at < hold
 
     def decide(self, priority: int | None = None) -> Decision:
         return decide(self.snapshot(), self.limits, priority)
@@ -206,6 +215,7 @@ class Consumer:
         lim = self.limits
         return (
             lim.reserved_slots > 0
+            and self.reserve_held
             and self.in_flight >= lim.max_concurrency - lim.reserved_slots
             and time.monotonic() < self._hold_until
         )
@@ -341,6 +351,8 @@ class Consumer:
             self.poke()
             return
         lease = self.leases.grant(ticket.id)
+        if ticket.priority >= self.limits.reserved_min_priority:
+            self._high_granted_at = time.monotonic()
         m.in_flight.labels(*lab).set(self.in_flight)
         grant = Grant(
             ticket_id=ticket.id,

@@ -27,6 +27,12 @@ class ConsumerSettings(CommonSettings):
         "(N >= max_concurrency: a replica for high priority only)",
     )
     reserved_min_priority: int = Field(7, ge=0, description="Lowest ticket priority that may use the reserved slots")
+    reserved_hold_s: float = Field(
+        0,
+        ge=0,
+        description="Keep the reserved slots for this long after the last high-priority grant, then lend them to "
+        "lower priorities until the next one (0: always keep them)",
+    )
     prefetch: int = Field(8, ge=1, description="Tickets the broker may push before an ack, at most the free room")
     scrape_interval_s: float = Field(0.5, gt=0, description="How often vLLM /metrics and /health are read")
     metrics_stale_after_s: float = Field(5.0, gt=0, description="Older metrics are ignored (in-flight cap only)")

@@ -246,3 +246,38 @@ async def test_reserved_slots_keep_room_for_high_priority_while_low_priority_wai
     assert rec.order == ["high", "blocker", "low"]
     assert consumer_sample(s, "llmd_consumer_admission_decisions_total", reason="reserved_for_high_priority") >= 1
     s.wait_idle()
+
+
+async def test_a_reserve_with_a_hold_is_lent_to_low_priority_once_high_priority_has_gone_quiet(stack_factory):
+    hold_s = 1.5
+    s = stack_factory(queue_timeout_s=20.0)
+    sim = s.add_sim(model=MODEL, itl_base=0.02)
+    s.consumer = s.add_consumer(
+        MODEL, sim, max_concurrency=2, reserved_slots=1, reserved_min_priority=7, reserved_hold_s=hold_s
+    )
+    low = s.create_token("low", priority=1, threshold=100)
+    high = s.create_token("high", priority=9, threshold=100)
+    s.wait_models({MODEL}, low)
+    async with httpx.AsyncClient(timeout=30) as client:
+        rec = Recorder(s, client)
+        # No high-priority grant yet: two low requests use both slots, the reserved one included.
+        first = [rec.start("low-a", low, max_tokens=40), rec.start("low-b", low, max_tokens=40)]
+        await wait_in_flight(s, 2)
+        await asyncio.gather(*first)
+        r = await client.post(s.base_url + "/chat/completions", json=body(), headers=auth(high))
+        assert r.status_code == 200
+        high_at = time.monotonic()
+        # A high-priority grant holds the reserve: a second low request waits though a slot is free ...
+        blocker = rec.start("blocker", low, max_tokens=200)  # ~4 s in the unreserved slot
+        await wait_in_flight(s, 1)
+        waiting_low = rec.start("waiting-low", low)
+        await wait_depth(s, 1)
+        await asyncio.sleep(0.3)
+        assert s.consumer.in_flight == 1
+        # ... until the hold has passed with no high-priority grant: then it takes the reserved slot.
+        await waiting_low
+        assert hold_s - 0.1 <= time.monotonic() - high_at < hold_s + 1.5
+        assert not blocker.done()
+        await blocker
+    assert rec.order[-2:] == ["waiting-low", "blocker"]
+    s.wait_idle()

@@ -89,3 +89,10 @@ def test_reserved_slots_take_only_high_priority_tickets():
 
 def test_without_a_ticket_the_gate_asks_whether_any_ticket_could_be_taken():
     assert decide(snap(in_flight=7), RESERVE).admit
+
+
+def test_a_reserve_not_held_lets_low_priority_fill_every_slot():
+    low = 3
+    assert decide(snap(in_flight=6, reserve_held=False), RESERVE, priority=low).admit
+    assert decide(snap(in_flight=7, reserve_held=False), RESERVE, priority=low).admit
+    assert decide(snap(in_flight=8, reserve_held=False), RESERVE, priority=low).reason is Reason.AT_MAX_CONCURRENCY
