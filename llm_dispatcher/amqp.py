@@ -23,6 +23,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnec
 from pamqp.commands import Basic
 
 from llm_dispatcher import protocol
+from llm_dispatcher.amqp_io import CoalescingRobustConnection
 from llm_dispatcher.errors import BrokerUnavailableError
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,11 @@ async def connect(url: str, name: str) -> AbstractRobustConnection:
     # connections (a machine gone, a partition) is noticed after (heartbeat + 1) x 3 s, 18 s, not 183 s.
     heartbeat = None if "heartbeat=" in url else HEARTBEAT_S
     return await aio_pika.connect_robust(
-        url, client_properties={"connection_name": name}, reconnect_interval=interval, heartbeat=heartbeat
+        url,
+        client_properties={"connection_name": name},
+        reconnect_interval=interval,
+        heartbeat=heartbeat,
+        connection_class=CoalescingRobustConnection,  # the frames of one loop turn in one socket write
     )
 
 
