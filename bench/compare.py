@@ -14,9 +14,10 @@ added p50 over direct, and CPU ms per request by process.
     .venv/bin/python bench/compare.py --streams 100,1000     # streams: sender vs direct instead
 
 `--streams N,...`: N concurrent streaming chat completions of `--stream-tokens` tokens at
-`--stream-itl` seconds a token (the simulator's engine step), through the sender and directly:
-CPU per 1,000 relayed events by process, added p99 inter-token gap, RSS growth of the sender per
-open stream. `wrk` comes from scripts/ensure-wrk.sh (called when missing).
+`--stream-itl` seconds a token (the simulator's engine step), directly, through the sender and
+through vllm-router (unless skipped): CPU per 1,000 relayed events by process, added p99
+inter-token gap, RSS growth of the sender (and of the router) per open stream. `wrk` comes from
+scripts/ensure-wrk.sh (called when missing).
 """
 
 from __future__ import annotations
@@ -253,7 +254,9 @@ def measure(url: str, token: str | None, c: int, duration: float, workdir: str, 
     return run
 
 
-RAW = ("--nonblocking", "--format", "raw", "--output")
+# --gil: only the thread holding the GIL is sampled, so a thread blocked in a C call (aiosqlite's worker
+# waiting on its queue) is not taken for work; a SQLite call running without the GIL is not counted.
+RAW = ("--nonblocking", "--gil", "--format", "raw", "--output")
 
 
 def py_spy(exe: Path, pid: int, seconds: int, out: Path) -> subprocess.Popen:
@@ -506,11 +509,25 @@ def streams(args: argparse.Namespace) -> dict:
         pids = {"sender": stack.sender.pid, "consumer": stack.consumers[0].pid, "upstream": sim_pid}
         if (beam := broker_pid()) is not None:
             pids["rabbitmq"] = beam
-        for n in counts:
-            direct = stream_run(stack.sim_urls[0] + path, "", n, args.stream_tokens, {"upstream": sim_pid}, None)
-            via = stream_run(stack.url + path, token, n, args.stream_tokens, pids, stack.sender.pid)
-            out["results"][n] = {"direct": direct, "llm-dispatcher": via}
-            print(f"streams n={n}: direct {direct['complete']}/{n}, via {via['complete']}/{n}", file=sys.stderr)
+        with contextlib.ExitStack() as arms:
+            router = None
+            if "vllm-router" not in args.skip.split(",") and (exe := ensure_venv("vllm-router")) is not None:
+                port = free_port()
+                health = f"http://127.0.0.1:{port}/health"
+                router_pid = arms.enter_context(
+                    started(router_argv(exe, stack.sim_urls[0], port), health, workdir, "router")
+                )
+                router = (f"http://127.0.0.1:{port}", router_pid)
+            for n in counts:
+                direct = stream_run(stack.sim_urls[0] + path, "", n, args.stream_tokens, {"upstream": sim_pid}, None)
+                via = stream_run(stack.url + path, token, n, args.stream_tokens, pids, stack.sender.pid)
+                out["results"][n] = {"direct": direct, "llm-dispatcher": via}
+                if router is not None:
+                    url, pid = router
+                    r = stream_run(url + path, "", n, args.stream_tokens, {"router": pid, "upstream": sim_pid}, pid)
+                    out["results"][n]["vllm-router"] = r
+                done = ", ".join(f"{arm} {r['complete']}/{n}" for arm, r in out["results"][n].items())
+                print(f"streams n={n}: {done}", file=sys.stderr)
     return out
 
 
@@ -519,7 +536,7 @@ def report_streams(data: dict) -> str:
         f"{data['tokens']} tokens a stream, one token every {data['itl_s'] * 1000:g} ms (simulator engine step), "
         f"one sender process; gaps are between SSE events as the client reads them\n",
         "| streams | arm | complete | gap p50 | gap p99 | added p99 | TTFT p50 | CPU ms / 1,000 events by process |"
-        " sender RSS growth / stream |",
+        " RSS growth / stream (sender, router) |",
         "|---:|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for n, arms in data["results"].items():
@@ -532,6 +549,16 @@ def report_streams(data: dict) -> str:
             lines.append(
                 f"| {n} | {arm} | {r['complete']}/{n} | {gaps} | {added} | "
                 f"{r['ttft_p50_ms'] or 0:.0f} ms | {cpu} | {rss} |"
+            )
+    for n, arms in data["results"].items():
+        if "vllm-router" in arms:
+            ours = arms["llm-dispatcher"]["cpu_ms_per_1000_events"]
+            theirs = arms["vllm-router"]["cpu_ms_per_1000_events"]["router"]
+            chain = sum(v for k, v in ours.items() if k != "upstream")
+            alone, whole = ratio(ours["sender"], theirs) or 0, ratio(chain, theirs) or 0
+            lines.append(
+                f"\n- {n} streams: CPU per relayed event, sender ÷ vllm-router = {alone:.1f}x; "
+                f"sender + consumer + broker ÷ vllm-router = {whole:.1f}x (target ≤ 3x)"
             )
     return "\n".join(lines)
 
