@@ -424,8 +424,15 @@ class Dispatcher:
             try:
                 await to.link.publish(control, Release(grant.lease_id, status, reason).dumps(), message_type="release")
                 return
+            except asyncio.CancelledError:  # the request's task, cancelled: the release is still owed
+                self._keep_release(grant, node, status, reason)
+                raise
             except Exception as exc:  # whatever the failure, the release is kept, never dropped
                 log.warning("release of lease %s not sent, kept for after the reconnect: %r", grant.lease_id, exc)
+        self._keep_release(grant, node, status, reason)
+
+    def _keep_release(self, grant: Grant, node: int, status: int, reason: str) -> None:
+        """Sent again by the flush (a second release of the same lease is ignored by the consumer)."""
         if len(self._pending_releases) == self._pending_releases.maxlen:
             self.metrics.releases_dropped.inc()  # the consumer's reconciliation reclaims it
         self._pending_releases.append((grant, node, status, reason))

@@ -143,6 +143,7 @@ class DisconnectWatcher:
 
     def __init__(self, receive, task: asyncio.Task):
         self.fired = False
+        self._closed = False
         self._task = task
         self._reader = asyncio.create_task(self._wait(receive))
         self._reader.add_done_callback(self._done)
@@ -153,10 +154,15 @@ class DisconnectWatcher:
             pass
 
     def _done(self, reader: asyncio.Task) -> None:
+        # A done callback is scheduled when the reader ends, so it may run after close(): by then the
+        # request is recording its end (the lease release among it), which no disconnect may cut short.
+        if self._closed:
+            return
         if not reader.cancelled() and reader.exception() is None and not self._task.done():
             self.fired = True
             self._task.cancel()
 
     def close(self) -> None:
+        self._closed = True
         self._reader.remove_done_callback(self._done)
         self._reader.cancel()

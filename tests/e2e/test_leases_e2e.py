@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 
 import httpx
@@ -55,3 +57,29 @@ def test_leases_of_a_sender_that_vanished_expire(stack_factory):
     s.wait_idle(timeout=3)
     assert time.monotonic() - t0 < 1.5
     assert expired(consumer) == 1
+
+
+def test_a_release_cut_short_by_its_request_being_cancelled_is_still_sent(stack_factory):
+    s = stack_factory()
+    sim = s.add_sim(model=MODEL)
+    consumer = s.add_consumer(MODEL, sim, lease_ttl_s=30)
+    token = s.create_token("t", priority=5, threshold=10)
+    s.wait_models({MODEL}, token)
+    dispatcher = s.ctx.dispatcher
+    grant = s.bg.call(dispatcher.acquire(MODEL, 5))
+    assert consumer.in_flight == 1
+
+    async def cancelled_release() -> None:
+        raw = await dispatcher.nodes.first().link.raw()
+        async with raw.lock:  # another publish holds the channel: the release waits for it ...
+            task = asyncio.create_task(dispatcher.release(grant, 200, "done"))
+            await asyncio.sleep(0.05)
+            task.cancel()  # ... and its request is cancelled there
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    s.bg.call(cancelled_release())
+    t0 = time.monotonic()
+    s.wait_idle(timeout=5)  # sent again by the flush, not left to expire after 30 s
+    assert time.monotonic() - t0 < 3
+    assert expired(consumer) == 0
