@@ -163,9 +163,16 @@ class Consumer:
         pull.prefetch = 1
         pull.topology = await Topology.declare(link, self.settings, pull.control_name, node.index)
         link.channel.return_callbacks.add(self._on_returned)  # type: ignore[arg-type]
-        await pull.topology.control.consume(self._on_control, no_ack=True)
+        await self._consume_control(pull)
         self._heartbeat_now.set()
         self.poke()
+
+    async def _consume_control(self, pull: Pull) -> None:
+        """A release per request arrives here: consumed straight on the aiormq channel, without aio-pika's
+        message objects (aio-pika restores the control queue after a reconnect; this subscription is
+        renewed in _on_restored, as the model queue's is by the gate)."""
+        raw = await pull.link.raw()
+        await raw.basic_consume(pull.control_name, self._on_control, no_ack=True)
 
     @property
     def connected(self) -> bool:
@@ -263,6 +270,9 @@ class Consumer:
     def _on_restored(self, node: Node) -> None:
         """Releases sent while the broker was away are lost: every lease is in doubt until its sender
         renews it (senders renew at once when a heartbeat shows the new epoch); the rest expire."""
+        pull = self.pulls[node.index]
+        if pull.topology is not None:
+            self._tasks.spawn(self._consume_control(pull), "consume-control")
         self._reconcile()
 
     def _reconcile(self) -> None:
@@ -392,8 +402,8 @@ class Consumer:
         self.metrics.dropped.labels(*self.labels, "sender_gone").inc()
         self._end_lease(grant.lease_id, "sender_gone")
 
-    async def _on_control(self, message: AbstractIncomingMessage) -> None:
-        kind = message.type
+    async def _on_control(self, message: DeliveredMessage) -> None:
+        kind = message.header.properties.message_type
         try:
             if kind == "release":
                 release = Release.loads(message.body)
