@@ -500,7 +500,8 @@ def streams(args: argparse.Namespace) -> dict:
         workdir,
         [sim_args],
         consumer_env={"LLMD_MAX_CONCURRENCY": top},
-        sender_env={"LLMD_LOG_LEVEL": args.log_level},
+        # one pooled upstream connection per open stream (the default pool is 1,000)
+        sender_env={"LLMD_LOG_LEVEL": args.log_level, "LLMD_UPSTREAM_MAX_CONNECTIONS": top},
     ) as stack:
         token = stack.token("bench", threshold=10**6)
         stack.wait_live(token)
@@ -511,7 +512,7 @@ def streams(args: argparse.Namespace) -> dict:
             pids["rabbitmq"] = beam
         with contextlib.ExitStack() as arms:
             router = None
-            if "vllm-router" not in args.skip.split(",") and (exe := ensure_venv("vllm-router")) is not None:
+            if "vllm-router" not in args.skip and (exe := ensure_venv("vllm-router")) is not None:
                 port = free_port()
                 health = f"http://127.0.0.1:{port}/health"
                 router_pid = arms.enter_context(
