@@ -29,7 +29,7 @@ from consumer.watcher import VllmWatcher
 from llm_dispatcher import amqp, protocol
 from llm_dispatcher.errors import BrokerUnavailableError
 from llm_dispatcher.nodes import Node, Nodes, broker_urls
-from llm_dispatcher.protocol import Cancel, Grant, Heartbeat, Release, Renew, Ticket
+from llm_dispatcher.protocol import Cancel, Grant, Heartbeat, Release, Releases, Renew, Ticket
 from llm_dispatcher.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
@@ -405,7 +405,10 @@ class Consumer:
     async def _on_control(self, message: DeliveredMessage) -> None:
         kind = message.header.properties.message_type
         try:
-            if kind == "release":
+            if kind == "releases":
+                for lease_id, reason in Releases.loads(message.body).ended():
+                    self._end_lease(lease_id, reason)
+            elif kind == "release":
                 release = Release.loads(message.body)
                 self._end_lease(release.lease_id, release.reason)
             elif kind == "renew":

@@ -6,6 +6,7 @@ Everything that crosses the broker is JSON (orjson), never pickle.
                                                           broker node i > 0 of a cluster: model_queue(.., i))
     consumer ──grant──> sender's reply queue            (correlation_id = ticket id)
     sender ──release──> consumer's control queue        (routing key = grant.release_to)
+    sender ──releases──> consumer's control queue       (several leases in one message, to consumers of 4+)
     sender ──renew──> consumer's control queue          (leases still streaming, every ttl/3)
     sender ──cancel──> fanout "<prefix>.cancel"         (ticket abandoned while queued)
     consumer ──heartbeat──> fanout "<prefix>.heartbeat" (model, replica address, capacity, load)
@@ -26,7 +27,9 @@ upgrade, so every message must be readable by the release before and the release
 History: 0 = unversioned; 1 = `v` added, every message read tolerantly; 2 = Heartbeat gains
 `tokens_per_second` and `admission` (for the operator's live view; senders of version 1 ignore them);
 3 = Heartbeat gains `controls` (the consumer's control queue on each broker node of a cluster; senders
-of version 2 use `control`, the one on node 0).
+of version 2 use `control`, the one on node 0); 4 = a new message type, `Releases` (message type
+"releases": several leases ended in one message), which a sender sends only to a consumer whose
+heartbeats carry `v` 4 or more (to others, one `Release` each, as before).
 Version 0 readers refused unknown fields in every message but Heartbeat, `v` included: upgrading a
 deployment from version 0 replaces all senders and consumers together (not rolling); from version 1
 on, upgrades roll.
@@ -45,7 +48,7 @@ import orjson
 
 DEFAULT_PREFIX = "llmd"
 MAX_PRIORITY = 10
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 UNVERSIONED = 0  # the `v` of a message whose writer predates versioning
 
 
@@ -208,6 +211,23 @@ class Release(_Message):
     status: int = 0
     reason: str = "done"
     v: int = _version()
+
+
+@_message
+@dataclass(slots=True)
+class Releases(_Message):
+    """Several leases ended (version 4): `reasons[i]` is `lease_ids[i]`'s, "done" where it is missing."""
+
+    lease_ids: list[str]
+    reasons: list[str] = field(default_factory=list)
+    v: int = _version()
+
+    def ended(self) -> list[tuple[str, str]]:
+        """(lease id, reason) for every lease of the message."""
+        return [(lease, self.reasons[i] if i < len(self.reasons) else "done") for i, lease in enumerate(self.lease_ids)]
+
+
+RELEASES_SINCE = 4  # the protocol version from which a consumer reads `Releases`
 
 
 @_message

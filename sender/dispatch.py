@@ -4,10 +4,11 @@ One waiter per waiting request, keyed by ticket id and removed when the wait end
 (so a cancelled wait never leaks). A grant nobody waits for any more (client gone, timed out, or a
 redelivered ticket granted twice) is released at once, so it never holds a slot.
 
-Releases are never dropped on a send failure: they wait (bounded) and go out after the reconnect. A
-release that the broker lost anyway (it died with it in a buffer) is covered by the consumer: after
-its own reconnect it reclaims every lease no sender renews, and this sender renews the leases it
-still holds as soon as a consumer's heartbeat shows that new connection epoch.
+Releases (sender/releases.py: several to one consumer in one message) are never dropped on a send
+failure: they wait (bounded) and go out after the reconnect. A release that the broker lost anyway
+(it died with it in a buffer) is covered by the consumer: after its own reconnect it reclaims every
+lease no sender renews, and this sender renews the leases it still holds as soon as a consumer's
+heartbeat shows that new connection epoch.
 
 With several broker nodes (llm_dispatcher/nodes.py) tickets go to the first node reached; when a
 node is lost, the tickets waiting there move on to the next (a grant of the old one that still comes
@@ -28,7 +29,6 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections import deque
 
 from aio_pika.abc import AbstractIncomingMessage
 from aiormq.abc import DeliveredMessage
@@ -36,16 +36,15 @@ from aiormq.abc import DeliveredMessage
 from llm_dispatcher import amqp, protocol
 from llm_dispatcher.errors import BrokerUnavailableError, QueueTimeoutError
 from llm_dispatcher.nodes import Node, Nodes, broker_urls
-from llm_dispatcher.protocol import Cancel, Grant, Heartbeat, Release, Renew, Ticket
+from llm_dispatcher.protocol import Cancel, Grant, Heartbeat, Renew, Ticket
 from llm_dispatcher.tasks import BackgroundTasks
 from sender.fairness import broker_priority
 from sender.metrics import SenderMetrics
 from sender.registry import Registry
+from sender.releases import LeaseReleases
 from sender.settings import SenderSettings
 
 log = logging.getLogger(__name__)
-
-MAX_PENDING_RELEASES = 100_000  # beyond that the consumers' reconciliation reclaims the leases
 
 
 @dataclasses.dataclass(slots=True)
@@ -84,8 +83,7 @@ class Dispatcher:
         self._renewed: dict[str, float] = {}  # lease id -> when it was granted or last renewed
         self._renew_period = 1.0  # at most a sixth of the shortest lease TTL seen
         self._renew_wakeup = asyncio.Event()
-        self._pending_releases: deque[tuple[Grant, int, int, str]] = deque(maxlen=MAX_PENDING_RELEASES)
-        self._flush_task: asyncio.Task | None = None
+        self.releases = LeaseReleases(self.nodes, self._route, metrics, self._tasks, settings.release_batch_s)
         # consumer (its replica URL) -> its connection epoch and control queue per node, from heartbeats
         self._epochs: dict[str, int] = {}
         self._controls: dict[str, list[str]] = {}
@@ -124,6 +122,7 @@ class Dispatcher:
         return self.nodes.any_connected
 
     async def stop(self) -> None:
+        await self.releases.close()
         await self._tasks.cancel()
         await self.nodes.close()
         self._fail_waiting("the sender is shutting down")
@@ -175,21 +174,7 @@ class Dispatcher:
         for key in [k for k in self._shapes if k[1] == node.index]:
             del self._shapes[key]  # a node that lost its queues declares them anew
         self._tasks.spawn(self._consume_replies(node), "consume-replies")
-        self._schedule_flush()
-
-    def _schedule_flush(self) -> None:
-        if self._pending_releases and (self._flush_task is None or self._flush_task.done()):
-            self._flush_task = self._tasks.spawn(self._flush_releases(), "flush-releases")
-
-    async def _flush_releases(self) -> None:
-        """Releases that could not be sent, sent again once consumers have re-subscribed."""
-        await asyncio.sleep(1.0)
-        if not self.connected:
-            return  # the next reconnect schedules it again
-        pending = list(self._pending_releases)
-        self._pending_releases.clear()
-        for grant, node, status, reason in pending:
-            await self._send_release(grant, node, status, reason)
+        self.releases.flush_later()
 
     def _fail_waiting(self, why: str) -> None:
         for waiter in list(self._waiting.values()):
@@ -397,11 +382,11 @@ class Dispatcher:
             waiter.fut.set_result(grant)
             return
         log.info("grant for abandoned ticket %s released", grant.ticket_id, extra={"ticket_id": grant.ticket_id})
-        await self._send_release(grant, node.index, 499, "abandoned")
+        await self.releases.send(grant, node.index, 499, "abandoned")
 
     async def release(self, grant: Grant, status: int, reason: str) -> None:
         held = self._held.pop(grant.lease_id, None)
-        await self._send_release(grant, held[1] if held else 0, status, reason)
+        await self.releases.send(grant, held[1] if held else 0, status, reason)
 
     def _route(self, grant: Grant, node: int) -> tuple[Node, str] | None:
         """Where a release or renewal of `grant` (made through `node`) goes: the control queue it
@@ -415,29 +400,6 @@ class Dispatcher:
             if n.index < len(controls) and controls[n.index]:
                 return n, controls[n.index]
         return None
-
-    async def _send_release(self, grant: Grant, node: int, status: int, reason: str) -> None:
-        route = self._route(grant, node)
-        if route is not None:
-            to, control = route
-            assert to.link is not None
-            try:
-                await to.link.publish(control, Release(grant.lease_id, status, reason).dumps(), message_type="release")
-                return
-            except asyncio.CancelledError:  # the request's task, cancelled: the release is still owed
-                self._keep_release(grant, node, status, reason)
-                raise
-            except Exception as exc:  # whatever the failure, the release is kept, never dropped
-                log.warning("release of lease %s not sent, kept for after the reconnect: %r", grant.lease_id, exc)
-        self._keep_release(grant, node, status, reason)
-
-    def _keep_release(self, grant: Grant, node: int, status: int, reason: str) -> None:
-        """Sent again by the flush (a second release of the same lease is ignored by the consumer)."""
-        if len(self._pending_releases) == self._pending_releases.maxlen:
-            self.metrics.releases_dropped.inc()  # the consumer's reconciliation reclaims it
-        self._pending_releases.append((grant, node, status, reason))
-        if self.connected:
-            self._schedule_flush()  # the channel failed under a live connection flag: retry soon
 
     async def _renew_loop(self) -> None:
         """Keep the leases of long requests alive: every held lease is renewed at a third of its TTL,
@@ -476,6 +438,7 @@ class Dispatcher:
             return
         self.registry.update(hb)
         self._controls[hb.url] = hb.controls or [hb.control]  # a consumer of protocol 2: node 0 only
+        self.releases.reads_batches[hb.url] = hb.v >= protocol.RELEASES_SINCE
         if hb.control and self._epochs.get(hb.url) != hb.epoch:
             self._epochs[hb.url] = hb.epoch
             await self._confirm_leases(hb.url)

@@ -32,6 +32,11 @@ class SenderSettings(CommonSettings):
         0.05, ge=0, description="A queue depth read this recently is reused for the threshold check"
     )
     retry_after_s: float = Field(2.0, gt=0, description="Retry-After sent with 429 and 503")
+    release_batch_s: float = Field(
+        0.005,
+        ge=0,
+        description="Lease releases to one consumer within this window go in one message (0: one message each)",
+    )
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Largest request body accepted (413 above)")
     body_read_timeout_s: float = Field(
         30.0, gt=0, description="A request body must arrive within this time from the headers (408 after)"

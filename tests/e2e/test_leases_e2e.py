@@ -8,6 +8,8 @@ import time
 
 import httpx
 
+from llm_dispatcher import protocol
+
 MODEL = "sim-model"
 
 
@@ -60,7 +62,7 @@ def test_leases_of_a_sender_that_vanished_expire(stack_factory):
 
 
 def test_a_release_cut_short_by_its_request_being_cancelled_is_still_sent(stack_factory):
-    s = stack_factory()
+    s = stack_factory(release_batch_s=0)  # one Release a lease, published by the request itself
     sim = s.add_sim(model=MODEL)
     consumer = s.add_consumer(MODEL, sim, lease_ttl_s=30)
     token = s.create_token("t", priority=5, threshold=10)
@@ -83,3 +85,62 @@ def test_a_release_cut_short_by_its_request_being_cancelled_is_still_sent(stack_
     s.wait_idle(timeout=5)  # sent again by the flush, not left to expire after 30 s
     assert time.monotonic() - t0 < 3
     assert expired(consumer) == 0
+
+
+def release_together(s, n: int, token: str) -> list[int]:
+    """`n` short requests at once; the consumer's in-flight count right after the last answer."""
+
+    async def run() -> list[int]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
+            answers = await asyncio.gather(
+                *(
+                    client.post(
+                        s.base_url + "/chat/completions", json=body, headers={"authorization": f"Bearer {token}"}
+                    )
+                    for _ in range(n)
+                )
+            )
+        assert [r.status_code for r in answers] == [200] * n
+        return [s.consumers[0].in_flight]
+
+    return asyncio.run(run())
+
+
+def releases_counted(consumer) -> float:
+    return (
+        consumer.metrics.registry.get_sample_value(
+            "llmd_consumer_releases_total",
+            {"model": MODEL, "replica": consumer.settings.replica_id, "reason": "done"},
+        )
+        or 0.0
+    )
+
+
+def test_releases_to_one_consumer_within_the_window_arrive_together_in_one_message(stack_factory):
+    s = stack_factory(release_batch_s=1.0)
+    sim = s.add_sim(model=MODEL)
+    consumer = s.add_consumer(MODEL, sim, max_concurrency=8)
+    token = s.create_token("t", priority=5, threshold=10)
+    s.wait_models({MODEL}, token)
+    time.sleep(0.5)  # a heartbeat has told the sender that this consumer reads Releases
+    assert release_together(s, 6, token) == [6]  # answered, their releases waiting in one batch
+    t0 = time.monotonic()
+    s.wait_idle(timeout=3)
+    assert time.monotonic() - t0 < 1.5
+    assert releases_counted(consumer) == 6 and expired(consumer) == 0
+
+
+def test_a_consumer_that_does_not_read_releases_gets_one_release_per_lease_at_once(stack_factory, monkeypatch):
+    monkeypatch.setattr(protocol, "RELEASES_SINCE", protocol.PROTOCOL_VERSION + 1)  # as if it were of protocol 3
+    s = stack_factory(release_batch_s=1.0)
+    sim = s.add_sim(model=MODEL)
+    consumer = s.add_consumer(MODEL, sim, max_concurrency=8)
+    token = s.create_token("t", priority=5, threshold=10)
+    s.wait_models({MODEL}, token)
+    time.sleep(0.5)
+    release_together(s, 6, token)
+    t0 = time.monotonic()
+    s.wait_idle(timeout=1)
+    assert time.monotonic() - t0 < 0.5  # released as each request ended, not after the 1 s window
+    assert releases_counted(consumer) == 6

@@ -21,6 +21,7 @@ from llm_dispatcher.protocol import (
     Heartbeat,
     MalformedMessage,
     Release,
+    Releases,
     Renew,
     Ticket,
     now_ms,
@@ -35,6 +36,7 @@ UNVERSIONED_BODIES: dict[type, bytes] = {
     ),
     Release: b'{"lease_id":"l1","status":200,"reason":"done"}',
     Renew: b'{"lease_ids":["l1","l2"]}',
+    Releases: b'{"lease_ids":["l1","l2"],"reasons":["done","client_disconnected"]}',  # new in 4, read alike
     Cancel: b'{"ticket_ids":["t1"]}',
     Heartbeat: (
         b'{"model":"m","replica":"r","url":"http://r:8000","ready":true,"max_concurrency":4,"in_flight":1,'
@@ -49,6 +51,7 @@ MINIMAL_BODIES: dict[type, bytes] = {
     Grant: b'{"ticket_id":"t1","lease_id":"l1","url":"http://r:8000","replica":"r","release_to":"q"}',
     Release: b'{"lease_id":"l1"}',
     Renew: b'{"lease_ids":["l1"]}',
+    Releases: b'{"lease_ids":["l1"]}',
     Cancel: b'{"ticket_ids":["t1"]}',
     Heartbeat: b'{"model":"m","replica":"r","url":"http://r:8000","ready":true,"max_concurrency":4,"in_flight":1}',
 }
@@ -59,6 +62,7 @@ DEFAULTS: dict[type, dict[str, Any]] = {
     Grant: {"forward_priority": False, "lease_ttl_s": 0.0},
     Release: {"status": 0, "reason": "done"},
     Renew: {},
+    Releases: {"reasons": []},
     Cancel: {},
     Heartbeat: {
         "interval_s": 1.0,
@@ -80,6 +84,7 @@ REQUIRED: dict[type, set[str]] = {
     Grant: {"ticket_id", "lease_id", "url", "replica", "release_to"},
     Release: {"lease_id"},
     Renew: {"lease_ids"},
+    Releases: {"lease_ids"},
     Cancel: {"ticket_ids"},
     Heartbeat: {"model", "replica", "url", "ready", "max_concurrency", "in_flight"},
 }
@@ -190,6 +195,7 @@ def test_what_is_not_a_message_raises_one_error_type(cls: type, body: bytes, rea
         (Release, "status", "200"),
         (Renew, "lease_ids", "l1"),
         (Renew, "lease_ids", ["l1", 2]),
+        (Releases, "reasons", ["done", None]),
         (Cancel, "ticket_ids", [None]),
         (Heartbeat, "ready", "yes"),
         (Heartbeat, "running", [1]),
@@ -209,3 +215,12 @@ def test_numbers_written_as_integers_are_accepted_where_a_float_is_expected() ->
     assert grant.lease_ttl_s == 120
     hb = Heartbeat.loads(MINIMAL_BODIES[Heartbeat][:-1] + b',"running":3,"waiting":null}')
     assert hb.running == 3 and hb.waiting is None
+
+
+def test_a_releases_message_gives_every_lease_its_reason_and_done_where_none_was_sent() -> None:
+    assert Releases(["a", "b", "c"], ["client_disconnected", "done"]).ended() == [
+        ("a", "client_disconnected"),
+        ("b", "done"),
+        ("c", "done"),
+    ]
+    assert Releases.loads(Releases(["a"], ["error"]).dumps()).ended() == [("a", "error")]
