@@ -438,7 +438,9 @@ class Dispatcher:
             return
         self.registry.update(hb)
         self._controls[hb.url] = hb.controls or [hb.control]  # a consumer of protocol 2: node 0 only
-        self.releases.reads_batches[hb.url] = hb.v >= protocol.RELEASES_SINCE
+        for control in hb.controls or [hb.control]:  # this consumer's own queues: a URL outlives consumers
+            if control:
+                self.releases.reads_batches[control] = hb.v >= protocol.RELEASES_SINCE
         if hb.control and self._epochs.get(hb.url) != hb.epoch:
             self._epochs[hb.url] = hb.epoch
             await self._confirm_leases(hb.url)

@@ -14,7 +14,7 @@ renews. A lease released twice is ignored the second time.
 
     releases = LeaseReleases(nodes, route, metrics, tasks, window_s)
     await releases.send(grant, node, status, reason)   `node`: the broker node the grant came through
-    releases.reads_batches[url] = True                 from that consumer's heartbeats
+    releases.reads_batches[control] = True             from that consumer's heartbeats
     releases.flush_later()                              after a reconnect
     await releases.close()                              what waits in a batch, sent now (shutdown)
 """
@@ -59,7 +59,9 @@ class LeaseReleases:
     ):
         self.nodes = nodes
         self.window_s = window_s
-        self.reads_batches: dict[str, bool] = {}  # consumer (its URL) -> it reads Releases
+        # consumer control queue -> its consumer reads Releases (from its heartbeats; a queue name is one
+        # consumer's, while a replica's URL passes from an old consumer to a new one in a rolling upgrade)
+        self.reads_batches: dict[str, bool] = {}
         self._route = route
         self._metrics = metrics
         self._tasks = tasks
@@ -74,7 +76,7 @@ class LeaseReleases:
         route = self._route(grant, node)
         if route is None:
             self._keep(owed)
-        elif self.window_s > 0 and self.reads_batches.get(grant.url):
+        elif self.window_s > 0 and self.reads_batches.get(route[1]):
             self._batch(route[0].index, route[1], owed)
         else:
             await self._send_one(route, owed)

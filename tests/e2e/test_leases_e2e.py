@@ -13,14 +13,19 @@ from llm_dispatcher import protocol
 MODEL = "sim-model"
 
 
-def expired(consumer) -> float:
+def releases_counted(consumer, reason: str = "done") -> float:
+    """Leases the consumer has seen end for `reason` (released by their sender, or expired)."""
     return (
         consumer.metrics.registry.get_sample_value(
             "llmd_consumer_releases_total",
-            {"model": MODEL, "replica": consumer.settings.replica_id, "reason": "expired"},
+            {"model": MODEL, "replica": consumer.settings.replica_id, "reason": reason},
         )
         or 0.0
     )
+
+
+def expired(consumer) -> float:
+    return releases_counted(consumer, "expired")
 
 
 def test_a_stream_longer_than_the_lease_ttl_keeps_its_lease_by_renewal(stack_factory):
@@ -105,16 +110,6 @@ def release_together(s, n: int, token: str) -> list[int]:
         return [s.consumers[0].in_flight]
 
     return asyncio.run(run())
-
-
-def releases_counted(consumer) -> float:
-    return (
-        consumer.metrics.registry.get_sample_value(
-            "llmd_consumer_releases_total",
-            {"model": MODEL, "replica": consumer.settings.replica_id, "reason": "done"},
-        )
-        or 0.0
-    )
 
 
 def test_releases_to_one_consumer_within_the_window_arrive_together_in_one_message(stack_factory):
