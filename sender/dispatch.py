@@ -437,8 +437,8 @@ class Dispatcher:
         if hb is None:
             return
         self.registry.update(hb)
-        self._controls[hb.url] = hb.controls or [hb.control]  # a consumer of protocol 2: node 0 only
-        for control in hb.controls or [hb.control]:  # this consumer's own queues: a URL outlives consumers
+        controls = self._controls[hb.url] = hb.controls or [hb.control]  # protocol 2: node 0 only
+        for control in controls:  # this consumer's own queues: a replica's URL outlives its consumers
             if control:
                 self.releases.reads_batches[control] = hb.v >= protocol.RELEASES_SINCE
         if hb.control and self._epochs.get(hb.url) != hb.epoch:

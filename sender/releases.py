@@ -106,8 +106,8 @@ class LeaseReleases:
         self._timer = None
         batches, self._batches = self._batches, {}
         for (index, control), owed in batches.items():
-            task = asyncio.get_running_loop().create_task(self._send_batch(index, control, owed), name="releases")
-            self._sending.add(task)
+            task = self._tasks.spawn(self._send_batch(index, control, owed), "releases")
+            self._sending.add(task)  # for close() to wait on
             task.add_done_callback(self._sending.discard)
 
     async def _send_batch(self, index: int, control: str, owed: list[Owed]) -> None:
