@@ -43,7 +43,7 @@ from pathlib import Path
 from overhead import BODY, broker_pid, wrk
 
 from devstack.net import free_port, wait_http
-from devstack.processes import cpu_seconds, running
+from devstack.processes import running, tree_cpu
 
 ROOT = Path(__file__).resolve().parent.parent
 VENVS = Path.home() / ".cache" / "llm-dispatcher" / "bench-venvs"
@@ -210,23 +210,6 @@ def router_argv(exe: Path, upstream: str, port: int) -> list[str]:
         "--max-concurrent-requests",
         "4096",
     ]
-
-
-def descendants(pid: int) -> list[int]:
-    """pid and its children (LiteLLM's CLI runs the server in a child; the router's Python launcher may too)."""
-    out = [pid]
-    with contextlib.suppress(OSError):
-        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-            out += descendants(int(child))
-    return out
-
-
-def tree_cpu(pid: int) -> float:
-    total = 0.0
-    for p in descendants(pid):
-        with contextlib.suppress(OSError):
-            total += cpu_seconds(p)
-    return total
 
 
 def rss_kb(pid: int) -> int:

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 from devstack.broker import PrivateCluster
-from devstack.processes import cpu_seconds, running
+from devstack.processes import running, tree_cpu
 
 BODY = {"model": "bench-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -137,9 +137,9 @@ def measure(args: argparse.Namespace, beams: dict[str, int]) -> dict[int, dict[s
             for _ in range(args.rounds):
                 results[c]["direct"].append(wrk(direct_url, None, c, args.duration, workdir))
                 before = sender_means(stack.metrics_url)
-                cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+                cpu0 = {k: tree_cpu(p) for k, p in pids.items()}
                 run = wrk(via_url, token, c, args.duration, workdir)
-                cpu1 = {k: cpu_seconds(p) for k, p in pids.items()}
+                cpu1 = {k: tree_cpu(p) for k, p in pids.items()}
                 after = sender_means(stack.metrics_url)
                 served = run["rps"] * round(args.duration)
                 run["cpu_ms_per_request"] = {k: (cpu1[k] - cpu0[k]) / served * 1000 for k in pids}

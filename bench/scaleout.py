@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from overhead import broker_pid, wrk
 
-from devstack.processes import cpu_seconds, running
+from devstack.processes import running, tree_cpu
 
 MESSAGES_PER_REQUEST = 3  # ticket, grant, release
 
@@ -54,11 +54,11 @@ def measure_shape(senders: int, consumers: int, args: argparse.Namespace, beam: 
             roles = {"sender": sender_procs, "consumer": consumer_procs}
             rounds = []
             for _ in range(args.rounds):
-                cpu0 = {r: sum(cpu_seconds(p.pid) for p in ps) for r, ps in roles.items()}
-                broker0 = cpu_seconds(beam) if beam else 0.0
+                cpu0 = {r: sum(tree_cpu(p.pid) for p in ps) for r, ps in roles.items()}
+                broker0 = tree_cpu(beam) if beam else 0.0
                 runs = load(args.duration)
-                cpu1 = {r: sum(cpu_seconds(p.pid) for p in ps) for r, ps in roles.items()}
-                broker1 = cpu_seconds(beam) if beam else 0.0
+                cpu1 = {r: sum(tree_cpu(p.pid) for p in ps) for r, ps in roles.items()}
+                broker1 = tree_cpu(beam) if beam else 0.0
                 rps = sum(r["rps"] for r in runs)
                 served = max(rps * round(args.duration), 1.0)
                 cpu = {r: (cpu1[r] - cpu0[r]) / served * 1000 for r in roles}

@@ -30,6 +30,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def descendants(pid: int) -> list[int]:
+    """pid and its descendants (a server that runs its workers in child processes: granian, LiteLLM's CLI)."""
+    out = [pid]
+    with contextlib.suppress(OSError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            out += descendants(int(child))
+    return out
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of pid and of its descendants alive now."""
+    total = 0.0
+    for p in descendants(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(p)
+    return total
+
+
 class SimProcess:
     """``llm-dispatcher sim --port PORT ARGS...`` in a child process; ``url`` is its base URL.
 
