@@ -275,11 +275,12 @@ def test_models_show_the_simulators_replica_live_with_its_load(live):
     deadline = time.monotonic() + 10
     while True:  # the consumer's tokens/s needs two scrapes after a request
         assert chat(live.stack, live.user).status_code == 200
+        time.sleep(0.2)  # the lease is released after the response (batched, within a few ms)
         data = live.get("/admin/v1/models").json()["data"]
         replica = data[0]["replicas"][0] if data and data[0]["replicas"] else {}
-        if replica.get("tokens_per_second") is not None or time.monotonic() > deadline:
+        settled = replica.get("tokens_per_second") is not None and replica.get("in_flight") == 0
+        if settled or time.monotonic() > deadline:
             break
-        time.sleep(0.2)
     assert [m["model"] for m in data] == [MODEL] and data[0]["queue_depth"] == 0
     assert replica["replica"] == live.stack.consumers[0].settings.replica_id
     assert replica["ready"] is True and replica["max_concurrency"] == 3 and replica["in_flight"] == 0
