@@ -39,6 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--seed", type=int, default=d.seed)
     e = parser.add_argument_group("engine (continuous batching)")
     e.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs)
+    e.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=d.max_num_batched_tokens,
+        metavar="N",
+        help="tokens per engine step, decodes first, then prompt chunks (chunked prefill); 0: no budget",
+    )
     e.add_argument("--kv-cache-tokens", type=int, default=d.kv_cache_tokens)
     e.add_argument("--scheduling-policy", choices=["fcfs", "priority"], default=d.scheduling_policy)
     e.add_argument("--itl-base", type=float, default=d.itl_base, help="seconds per engine step")
@@ -60,6 +67,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         served_model_names=list(args.served_model_name or []),
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
         kv_cache_tokens=args.kv_cache_tokens,
         scheduling_policy=args.scheduling_policy,
         itl_base=args.itl_base,

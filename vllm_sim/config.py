@@ -6,9 +6,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-# Fields that `POST /sim/config` may change while the simulator runs (faults and latencies).
+# Fields that `POST /sim/config` may change while the simulator runs (faults, latencies, token budget).
 RUNTIME_FIELDS = frozenset(
     {
+        "max_num_batched_tokens",
         "itl_base",
         "itl_per_seq",
         "prefill_per_token",
@@ -25,15 +26,20 @@ RUNTIME_FIELDS = frozenset(
 class SimConfig:
     """Everything that shapes one simulated vLLM replica.
 
-    Latencies are in seconds. One engine step yields one token for every running sequence and lasts
-    ``itl_base + itl_per_seq * batch_size + prefill_per_token * <prompt tokens admitted this step>``.
-    With all three at 0 the simulator answers at once, bypassing the scheduler ("zero-delay mode").
+    Latencies are in seconds. One engine step yields one token for every scheduled sequence whose
+    prompt is computed and lasts
+    ``itl_base + itl_per_seq * <sequences scheduled> + prefill_per_token * <prompt tokens computed>``.
+    ``max_num_batched_tokens`` > 0 is vLLM's per-step token budget (chunked prefill: decodes first,
+    then prompt chunks); 0: none, a whole prompt is prefilled in the step that admits it.
+    With all three latencies at 0 the simulator answers at once, bypassing the scheduler and its
+    budget ("zero-delay mode").
     """
 
     model: str = "sim-model"
     served_model_names: list[str] = field(default_factory=list)  # default: [model]
     max_model_len: int = 4096
     max_num_seqs: int = 256
+    max_num_batched_tokens: int = 0  # 0: no per-step token budget; else >= max_num_seqs, as vLLM
     kv_cache_tokens: int = 262_144
     scheduling_policy: str = "fcfs"  # or "priority": (priority, arrival), lower first
     itl_base: float = 0.0
@@ -63,6 +69,13 @@ class SimConfig:
             raise ValueError(f"scheduling_policy must be 'fcfs' or 'priority', not {self.scheduling_policy!r}")
         if self.max_num_seqs < 1:
             raise ValueError("max_num_seqs must be at least 1")
+        if self.max_num_batched_tokens < 0:
+            raise ValueError("max_num_batched_tokens must be >= 0 (0: no budget)")
+        if 0 < self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be 0 or at least"
+                f" max_num_seqs ({self.max_num_seqs})"
+            )
         if self.kv_cache_tokens < 1 or self.max_model_len < 1:
             raise ValueError("kv_cache_tokens and max_model_len must be positive")
         for name in ("itl_base", "itl_per_seq", "prefill_per_token", "stall_before_first_token", "startup_delay"):

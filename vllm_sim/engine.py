@@ -1,11 +1,31 @@
 """A continuous-batching engine in one asyncio task, shaped like vLLM's V1 scheduler.
 
 At most ``max_num_seqs`` requests run; the rest wait, FIFO or by (priority, arrival). Each engine
-step yields one token for every running sequence and lasts
-``itl_base + itl_per_seq * batch + prefill_per_token * <prompt tokens admitted this step>``, so the
-inter-token latency grows with the batch and the time to first token is queue wait + prefill. The
-KV cache holds prompt + generated tokens of running sequences; when it overflows, the newest (or
-lowest-priority) running sequence is preempted back to the queue (``vllm:num_preemptions_total``).
+step computes tokens for the requests it schedules and lasts
+``itl_base + itl_per_seq * <requests scheduled> + prefill_per_token * <prompt tokens computed>``, so
+the inter-token latency grows with the batch and the time to first token is queue wait + prefill.
+The KV cache holds the computed prompt + generated tokens of running sequences; when it overflows,
+the newest (or lowest-priority) running sequence is preempted back to the queue
+(``vllm:num_preemptions_total``) and, readmitted, prefills its prompt and output again.
+
+Chunked prefill (``max_num_batched_tokens`` B > 0) follows ``Scheduler.schedule()`` in vLLM's
+``vllm/v1/core/sched/scheduler.py``: a step has a budget of B tokens. The running requests come
+first, in order: a decoding one costs 1 token, one still prefilling gets min(its remaining prompt,
+budget left); once the budget is spent the rest of the running requests sit the step out. Then
+waiting requests are admitted while a slot is free, the KV cache allows and budget is left, each
+with min(its prompt, budget left) tokens. A request samples its first token in the step that
+computes the last chunk of its prompt; a step that computes a partial chunk samples nothing for it.
+Partially prefilled requests are running (``vllm:num_requests_running``). As vLLM, B must be at
+least ``max_num_seqs``. B = 0 means no budget: a whole prompt is prefilled in the step that admits
+it (vLLM always has a budget: 2048 by default for the OpenAI server, 8192 on GPUs of 70 GiB or more
+other than A100, ``EngineArgs.get_batch_defaults()`` in ``vllm/engine/arg_utils.py``).
+
+Not modelled: ``long_prefill_token_threshold`` (a cap per chunk; 0 by default, set to 4% of
+``max_model_len`` only with ``max_num_partial_prefills`` > 1), prefix caching (no prompt is ever
+cached), KV blocks (the cache is counted in tokens), the KV allocation of a running request's chunk
+failing during scheduling (here the cache may overflow for one step and preemption follows it, and
+waiting requests may still be admitted in a step after a preemption, which vLLM skips), speculative
+decoding, async scheduling, and the multimodal encoder budget.
 """
 
 from __future__ import annotations
@@ -15,6 +35,9 @@ import collections
 import heapq
 import itertools
 import logging
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 from vllm_sim.config import SimConfig
@@ -30,6 +53,55 @@ def step_duration(config: SimConfig, batch_size: int, prefill_tokens: int) -> fl
     return config.itl_base + config.itl_per_seq * batch_size + config.prefill_per_token * prefill_tokens
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """The tokens one step computes: per running request (0: not scheduled) and per admitted one."""
+
+    running: tuple[int, ...]
+    admitted: tuple[int, ...]  # for the first len(admitted) waiting requests, in queue order
+    batch_size: int  # requests scheduled
+    prefill_tokens: int  # prompt tokens computed (decodes not counted)
+
+
+def plan_step(
+    prefill_left: Sequence[int], waiting: Iterable[int], *, budget: int, free_slots: int, kv_free: int
+) -> StepPlan:
+    """Split one step's token budget as vLLM V1's ``Scheduler.schedule()`` does (pure).
+
+    ``prefill_left``: per running request, in order, the prompt tokens it has still to compute (0:
+    it decodes, 1 token). ``waiting``: the tokens each waiting request must prefill (prompt, plus the
+    output so far for a preempted one), in queue order; read lazily, one past the last admitted at
+    most. ``budget`` 0: unlimited. ``kv_free``: free KV cache tokens; the first request to run
+    is admitted even if it does not fit. A request samples a token in this step iff it decodes or
+    its chunk is the rest of its prompt.
+    """
+    left = budget if budget > 0 else sys.maxsize
+    running: list[int] = []
+    batch = prefill = 0
+    for todo in prefill_left:
+        n = min(todo or 1, left)
+        running.append(n)
+        left -= n
+        batch += n > 0
+        if todo:
+            prefill += n
+            kv_free -= n  # a decode's slot was counted when its previous token was sampled
+    admitted: list[int] = []
+    heads = iter(waiting)
+    while left > 0 and len(admitted) < free_slots:
+        need = next(heads, None)
+        if need is None:
+            break
+        chunk = min(need, left)
+        if (running or admitted) and chunk > kv_free:
+            break  # head of line waits for KV cache
+        admitted.append(chunk)
+        left -= chunk
+        kv_free -= chunk
+        prefill += chunk
+    return StepPlan(tuple(running), tuple(admitted), batch + len(admitted), prefill)
+
+
 class SimRequest:
     """One request's life in the engine. The HTTP layer reads ``generated`` and waits on futures."""
 
@@ -43,6 +115,7 @@ class SimRequest:
         "generated",
         "last_token_at",
         "natural_stop",
+        "prefill_left",
         "priority",
         "prompt_tokens",
         "request_id",
@@ -72,6 +145,7 @@ class SimRequest:
         self.last_token_at = 0.0
         self.finished_at: float | None = None
         self.generated = 0
+        self.prefill_left = 0  # prompt (+ output, after a preemption) tokens not computed yet
         self.finish_reason: FinishReason | None = None
         self.done: asyncio.Future[None] | None = None
         self.waiter: asyncio.Future[None] | None = None  # set by a streaming reader between tokens
@@ -79,6 +153,11 @@ class SimRequest:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def kv_tokens(self) -> int:
+        """KV cache tokens it holds while running."""
+        return self.prompt_tokens + self.generated - self.prefill_left
 
     def _wake(self) -> None:
         w = self.waiter
@@ -161,7 +240,7 @@ class Engine:
             return
         if req.admitted_at is not None and req in self.running:
             self.running.remove(req)
-            self._kv_tokens -= req.prompt_tokens + req.generated
+            self._kv_tokens -= req.kv_tokens
         else:
             self._num_waiting -= 1
         self._finish(req, reason, asyncio.get_running_loop().time())
@@ -175,33 +254,79 @@ class Engine:
         self._num_waiting = 0
 
     # -- the loop ----------------------------------------------------------------------------
+    def _queue_key(self, req: SimRequest) -> tuple[int, int, SimRequest]:
+        return (req.priority if self.config.scheduling_policy == "priority" else 0, req.seq, req)
+
     def _enqueue(self, req: SimRequest) -> None:
-        key = req.priority if self.config.scheduling_policy == "priority" else 0
-        heapq.heappush(self._waiting, (key, req.seq, req))
+        heapq.heappush(self._waiting, self._queue_key(req))
         self._num_waiting += 1
 
-    def _admit(self, now: float) -> int:
-        """Move waiting requests into the batch while slots and KV cache allow; return prefill tokens."""
+    def schedule(self, now: float) -> tuple[list[SimRequest], StepPlan]:
+        """Plan one step and admit its waiting requests; return the requests scheduled and the plan.
+
+        ``schedule`` and ``complete`` are one step without the clock: the loop sleeps between them.
+        """
         cfg = self.config
-        prefill = 0
-        waiting = self._waiting
-        while waiting and len(self.running) < cfg.max_num_seqs:
-            req = waiting[0][2]
-            if req.finished:  # aborted while waiting
-                heapq.heappop(waiting)
-                continue
-            need = req.prompt_tokens + req.generated
-            if self.running and self._kv_tokens + need > cfg.kv_cache_tokens:
-                break  # head of line waits for KV cache
-            heapq.heappop(waiting)
+        popped: list[SimRequest] = []
+
+        def heads() -> Iterator[int]:
+            while self._waiting:
+                req = heapq.heappop(self._waiting)[2]
+                if not req.finished:  # an aborted one is dropped here
+                    popped.append(req)
+                    yield req.prompt_tokens + req.generated
+
+        plan = plan_step(
+            [r.prefill_left for r in self.running],
+            heads(),
+            budget=cfg.max_num_batched_tokens,
+            free_slots=cfg.max_num_seqs - len(self.running),
+            kv_free=cfg.kv_cache_tokens - self._kv_tokens,
+        )
+        for req in popped[len(plan.admitted) :]:  # read but not admitted: back in its place
+            heapq.heappush(self._waiting, self._queue_key(req))
+        scheduled: list[SimRequest] = []
+        for req, n in zip(self.running, plan.running, strict=True):
+            if n:
+                scheduled.append(req)
+            if req.prefill_left:
+                req.prefill_left -= n
+                self._kv_tokens += n
+        for req, n in zip(popped, plan.admitted, strict=False):
             self._num_waiting -= 1
             if req.admitted_at is None:
                 req.admitted_at = now
                 self.admission_log.append(req.request_id)
+            req.prefill_left = req.prompt_tokens + req.generated - n  # a preempted one computes all again
             self.running.append(req)
-            self._kv_tokens += need
-            prefill += need
-        return prefill
+            self._kv_tokens += n
+            scheduled.append(req)
+        return scheduled, plan
+
+    def complete(self, scheduled: list[SimRequest], now: float) -> None:
+        """End a step: a token for each scheduled request whose prompt is computed; finish; preempt."""
+        self.steps += 1
+        sampled = [r for r in scheduled if not r.finished and not r.prefill_left]  # aborts during the step
+        self.metrics.generation_tokens.inc(len(sampled))
+        itl = self.metrics.itl
+        finished: list[SimRequest] = []
+        for req in sampled:
+            req.generated += 1
+            if req.first_token_at is None:
+                req.first_token_at = now
+            else:
+                itl.observe(now - req.last_token_at)
+            req.last_token_at = now
+            if req.generated >= req.target_tokens:
+                finished.append(req)
+            else:
+                req._wake()
+        self._kv_tokens += len(sampled)
+        for req in finished:
+            self.running.remove(req)
+            self._kv_tokens -= req.kv_tokens
+            self._finish(req, "stop" if req.natural_stop else "length", now)
+        self._preempt_if_needed()
 
     def _preempt_if_needed(self) -> None:
         cfg = self.config
@@ -211,7 +336,7 @@ class Engine:
             else:
                 victim = self.running[-1]
             self.running.remove(victim)
-            self._kv_tokens -= victim.prompt_tokens + victim.generated
+            self._kv_tokens -= victim.kv_tokens
             self._enqueue(victim)
             self.metrics.preemptions.inc()
 
@@ -235,41 +360,17 @@ class Engine:
                 await self._wakeup
             finally:
                 self._wakeup = None
-        prefill = self._admit(loop.time())
-        batch = self.running
-        if not batch:
+        scheduled, plan = self.schedule(loop.time())
+        if not scheduled:
             await asyncio.sleep(0.001)  # only aborted leftovers were queued
             return
-        duration = step_duration(self.config, len(batch), prefill)
+        duration = step_duration(self.config, plan.batch_size, plan.prefill_tokens)
         # Steps follow one another without drift: the loop's own work eats into the next step.
         spent = loop.time() - self._woke_at if self._busy else 0.0
         await asyncio.sleep(max(0.0, duration - spent))  # 0 still yields to the HTTP side
         now = self._woke_at = loop.time()
         self._busy = True
-        self.steps += 1
-        batch = list(self.running)  # aborts may have happened during the sleep
-        if not batch:
-            return
-        self.metrics.generation_tokens.inc(len(batch))
-        itl = self.metrics.itl
-        finished: list[SimRequest] = []
-        for req in batch:
-            req.generated += 1
-            if req.first_token_at is None:
-                req.first_token_at = now
-            else:
-                itl.observe(now - req.last_token_at)
-            req.last_token_at = now
-            if req.generated >= req.target_tokens:
-                finished.append(req)
-            else:
-                req._wake()
-        self._kv_tokens += len(batch)
-        for req in finished:
-            self.running.remove(req)
-            self._kv_tokens -= req.prompt_tokens + req.generated
-            self._finish(req, "stop" if req.natural_stop else "length", now)
-        self._preempt_if_needed()
+        self.complete(scheduled, now)
 
     def _finish(self, req: SimRequest, reason: FinishReason, now: float) -> None:
         req.finish_reason = reason
