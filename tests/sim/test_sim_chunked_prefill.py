@@ -72,6 +72,16 @@ def step(engine: Engine, now: float) -> StepPlan:
     return plan
 
 
+def a_decode_then_a_long_prompt(budget: int) -> tuple[Engine, SimRequest, SimRequest]:
+    """A 4-slot engine: ``short`` (4 prompt tokens) decoding after one step, ``long`` (40) just submitted."""
+    engine = make_engine(max_num_seqs=4, max_num_batched_tokens=budget)
+    short, long = request("short", 4, 50), request("long", 40, 3)
+    engine.submit(short)
+    step(engine, 1)
+    engine.submit(long)
+    return engine, short, long
+
+
 def scrape(engine: Engine, name: str, **labels: str) -> float:
     for family in text_string_to_metric_families(engine.metrics.render().decode()):
         for sample in family.samples:
@@ -81,11 +91,7 @@ def scrape(engine: Engine, name: str, **labels: str) -> float:
 
 
 async def test_a_long_prompt_is_prefilled_in_chunks_while_the_running_sequence_decodes_every_step():
-    engine = make_engine(max_num_seqs=4, max_num_batched_tokens=16)
-    short, long = request("short", 4, 50), request("long", 40, 3)
-    engine.submit(short)
-    step(engine, 1)
-    engine.submit(long)
+    engine, short, long = a_decode_then_a_long_prompt(16)
     plans = [step(engine, t) for t in (2, 3, 4)]
     # 16 tokens a step, 1 for the decode: 15 + 15 + 10 = 40, ceil(40 / 15) = 3 steps
     assert [p.prefill_tokens for p in plans] == [15, 15, 10]
@@ -95,11 +101,7 @@ async def test_a_long_prompt_is_prefilled_in_chunks_while_the_running_sequence_d
 
 
 async def test_a_partially_prefilled_request_samples_nothing_and_counts_as_running():
-    engine = make_engine(max_num_seqs=4, max_num_batched_tokens=16)
-    short, long = request("short", 4, 50), request("long", 40, 3)
-    engine.submit(short)
-    step(engine, 1)
-    engine.submit(long)
+    engine, _, long = a_decode_then_a_long_prompt(16)
     step(engine, 2)
     assert long.generated == 0 and long.first_token_at is None and long.prefill_left == 25
     assert scrape(engine, "vllm:num_requests_running") == 2
@@ -108,11 +110,7 @@ async def test_a_partially_prefilled_request_samples_nothing_and_counts_as_runni
 
 
 async def test_budget_0_prefills_the_whole_prompt_in_the_admitting_step_as_before():
-    engine = make_engine(max_num_seqs=4, max_num_batched_tokens=0)
-    short, long = request("short", 4, 50), request("long", 40, 3)
-    engine.submit(short)
-    step(engine, 1)
-    engine.submit(long)
+    engine, short, long = a_decode_then_a_long_prompt(0)
     plan = step(engine, 2)
     assert plan == StepPlan(running=(1,), admitted=(40,), batch_size=2, prefill_tokens=40)
     assert long.first_token_at == 2 and short.generated == 2
