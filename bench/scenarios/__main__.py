@@ -62,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     f = d.fair
     ap.add_argument("--fair-duration", type=float, default=f.duration, help="scenario 7: arrival window per arm (s)")
     ap.add_argument("--fair-light-rate", type=float, default=f.light_rate, help="scenario 7: the light token's req/s")
+    ap.add_argument(
+        "--sim-max-num-batched-tokens",
+        type=int,
+        default=d.max_num_batched_tokens,
+        metavar="N",
+        help="scenarios 1-4: each simulated replica's chunked-prefill token budget per step (0: none)",
+    )
     ap.add_argument("--img", default="docs/img")
     ap.add_argument("--json", help="write every record and sample here")
     ap.add_argument(
@@ -82,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         real_rate_i=args.real_rate_i,
         real_rate_b=args.real_rate_b,
         consumer_overrides=parse_set(args.set),
+        max_num_batched_tokens=args.sim_max_num_batched_tokens,
         fair=dataclasses.replace(f, duration=args.fair_duration, light_rate=args.fair_light_rate),
         batch=dataclasses.replace(
             b,

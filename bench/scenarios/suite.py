@@ -43,12 +43,19 @@ class Options:
     real_rate_i: float = 0.2
     real_rate_b: float = 0.3
     consumer_overrides: dict[str, str] = field(default_factory=dict)  # --set LLMD_X=V
+    max_num_batched_tokens: int = 0  # the simulators' chunked-prefill budget (0: a prompt prefilled whole)
     batch: BatchOptions = field(default_factory=BatchOptions)  # scenario 6
     fair: fairness.FairOptions = field(default_factory=fairness.FairOptions)  # scenario 7
 
     def consumer_env(self, **scenario: str) -> dict[str, str]:
         """The dispatcher arms' consumer settings: the defaults, then --set, then the scenario's own."""
         return {**CONSUMER, **self.consumer_overrides, **scenario}
+
+    def sim(self, base: list[str]) -> list[str]:
+        """A simulated replica's arguments: the scenario's engine, with --sim-max-num-batched-tokens."""
+        if not self.max_num_batched_tokens:
+            return list(base)
+        return [*base, "--max-num-batched-tokens", str(self.max_num_batched_tokens)]
 
 
 @dataclass
@@ -73,9 +80,11 @@ def s1_classes() -> list[TrafficClass]:
 
 def scenario1(a: Options, workdir: str, img: Path) -> ScenarioResult:
     classes = s1_classes()
-    idle_arm = Arm("idle (interactive only, dispatcher)", DISPATCHER, [[*SIM]], a.consumer_env(), dict(SENDER))
+    idle_arm = Arm("idle (interactive only, dispatcher)", DISPATCHER, [a.sim(SIM)], a.consumer_env(), dict(SENDER))
     idle = run_arm(idle_arm, [classes[0]], a.idle_duration, a.seed, workdir)
-    results = [run_arm(arm, s1_classes(), a.duration, a.seed, workdir) for arm in three_arms([SIM], a.consumer_env())]
+    results = [
+        run_arm(arm, s1_classes(), a.duration, a.seed, workdir) for arm in three_arms([a.sim(SIM)], a.consumer_env())
+    ]
     plot_priority(results, idle, img / "scenario1-priority.png", "Scenario 1: priority under 2x overload (simulator)")
     idle_p95 = class_stats(idle.records, "interactive").ttft_p95
     disp_p95 = class_stats(pick(results, DISPATCHER).records, "interactive").ttft_p95
@@ -95,7 +104,9 @@ def scenario2(a: Options, workdir: str, img: Path) -> ScenarioResult:
     def classes() -> list[TrafficClass]:
         return [TrafficClass("mixed", 1.2, (50, 1000), (16, 256), llmd_priority=5, threshold=100000)]
 
-    results = [run_arm(arm, classes(), a.duration, a.seed, workdir) for arm in three_arms([SIM], a.consumer_env())]
+    results = [
+        run_arm(arm, classes(), a.duration, a.seed, workdir) for arm in three_arms([a.sim(SIM)], a.consumer_env())
+    ]
     plot_goodput(results, img / "scenario2-goodput.png", "Scenario 2: goodput at saturation (1.3x, simulator)")
     dispatcher, fifo = pick(results, DISPATCHER), pick(results, FIFO)
     ratio = dispatcher.engine_tps / fifo.engine_tps
@@ -117,7 +128,7 @@ def scenario3(a: Options, workdir: str, img: Path) -> ScenarioResult:
 
     results = [
         run_arm(arm, classes(), a.duration, a.seed, workdir, sample_period=0.1, sample_tickets=True)
-        for arm in three_arms([SIM_SLOW, SIM], a.consumer_env())
+        for arm in three_arms([a.sim(SIM_SLOW), a.sim(SIM)], a.consumer_env())
     ]
     plot_replicas(
         results,
@@ -153,7 +164,7 @@ def scenario4(a: Options, workdir: str, img: Path) -> ScenarioResult:
         # ~0.48 s of engine time per request at batch 16 → ~2 req/s; offered 3 req/s (1.5x).
         return [TrafficClass("mixed", 3.0, (50, 400), (16, 128), llmd_priority=5, threshold=a.floor_threshold)]
 
-    arms = three_arms([SIM], a.consumer_env(LLMD_MIN_TOKENS_PER_SECOND_PER_USER=str(floor)))
+    arms = three_arms([a.sim(SIM)], a.consumer_env(LLMD_MIN_TOKENS_PER_SECOND_PER_USER=str(floor)))
     results = [run_arm(arm, classes(), a.duration, a.seed, workdir) for arm in arms]
     plot_floor(
         results,

@@ -1,5 +1,5 @@
-"""The scheduling contract of `--scheduling-policy priority`, on the real vLLM 0.32 (CPU) and on the
-simulator, which must do exactly the same (../shared/VLLM_FACTS.md):
+"""The scheduling contract of `--scheduling-policy priority` and of `--max-num-batched-tokens`, on the
+real vLLM 0.32 (CPU) and on the simulator, which must do exactly the same (../shared/VLLM_FACTS.md):
 
 - a high-priority request that arrives while every slot (`--max-num-seqs`) is taken does NOT preempt a
   running lower-priority sequence: its first token comes only after a running one has finished;
@@ -8,11 +8,16 @@ simulator, which must do exactly the same (../shared/VLLM_FACTS.md):
 
 So forwarding a priority into vLLM reorders who waits inside vLLM; it never frees a slot for an
 interactive request (issue: interactive latency under overload).
+
+- with a per-step token budget (chunked prefill), a long prompt is computed a chunk per step while the
+  running sequences keep decoding: a running stream gets a token in every step of the long prompt's
+  prefill, instead of waiting for one step that computes the whole prompt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -20,7 +25,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.fixtures.real_vllm import PRIORITY_MAX_NUM_SEQS
+from tests.fixtures.real_vllm import PRIORITY_MAX_NUM_SEQS, SCHEDULING_MAX_NUM_BATCHED_TOKENS
 
 LONG = 32  # tokens of the first running low-priority request (the second: twice): seconds on the CPU engine
 SHORT = 4
@@ -33,6 +38,7 @@ class Stream:
     sent: float = 0.0
     tokens: list[float] = field(default_factory=list)  # arrival time of each content chunk
     completion_tokens: int = 0  # from the usage chunk
+    prompt_tokens: int = 0
 
     @property
     def first(self) -> float:
@@ -45,18 +51,26 @@ class Stream:
 
 @pytest.fixture(params=["real_vllm", "sim"])
 def priority_upstream(request, sim_factory) -> tuple[str, str]:
-    """(base URL, model) of an engine with the priority policy and 2 slots."""
+    """(base URL, model) of an engine with the priority policy, 2 slots and a 64-token step budget."""
     if request.param == "real_vllm":
-        server = request.getfixturevalue("real_vllm_priority")
+        server = request.getfixturevalue("real_vllm_scheduling")
         return server.url, server.model
-    sim = sim_factory(scheduling_policy="priority", max_num_seqs=PRIORITY_MAX_NUM_SEQS, itl_base=0.05, itl_per_seq=0.0)
+    sim = sim_factory(
+        scheduling_policy="priority",
+        max_num_seqs=PRIORITY_MAX_NUM_SEQS,
+        max_num_batched_tokens=SCHEDULING_MAX_NUM_BATCHED_TOKENS,
+        itl_base=0.05,
+        itl_per_seq=0.0,
+    )
     return sim.url, sim.config.model
 
 
-async def run(client: httpx.AsyncClient, url: str, model: str, s: Stream, max_tokens: int) -> Stream:
+async def run(
+    client: httpx.AsyncClient, url: str, model: str, s: Stream, max_tokens: int, content: str = "Count slowly."
+) -> Stream:
     body = {
         "model": model,
-        "messages": [{"role": "user", "content": "Count slowly."}],
+        "messages": [{"role": "user", "content": content}],
         "max_tokens": max_tokens,
         "ignore_eos": True,
         "stream": True,
@@ -72,6 +86,7 @@ async def run(client: httpx.AsyncClient, url: str, model: str, s: Stream, max_to
             chunk = orjson.loads(line[6:])
             if chunk.get("usage"):
                 s.completion_tokens = chunk["usage"]["completion_tokens"]
+                s.prompt_tokens = chunk["usage"]["prompt_tokens"]
             if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
                 s.tokens.append(time.monotonic())
     return s
@@ -109,3 +124,42 @@ async def test_a_high_priority_arrival_waits_for_a_free_slot_then_goes_before_ea
     assert [s.completion_tokens for s in running] == [LONG * (i + 1) for i in range(len(running))]  # to the end
     assert high.first < low_waiting.first  # the waiting queue is ordered by priority, not arrival
     assert after == before  # nothing was preempted
+
+
+def a_long_prompt(words: int) -> str:
+    """A prompt no earlier request shares a prefix with (vLLM's prefix cache would skip its prefill)."""
+    rng = random.Random()
+    return " ".join(rng.choice(("apple", "river", "stone", "cloud", "maple", "ember")) for _ in range(words))
+
+
+async def tokens_a_running_stream_gets_during_a_long_prefill(url: str, model: str) -> tuple[int, int]:
+    """(tokens a running stream received between a long prompt's send and its first token, that
+    prompt's tokens)."""
+    async with httpx.AsyncClient(timeout=120) as client:
+        decode = Stream("decode", 0)
+        decoding = asyncio.create_task(run(client, url, model, decode, 400))
+        deadline = time.monotonic() + 60
+        while len(decode.tokens) < 3:  # generating, past its own prefill
+            assert time.monotonic() < deadline, "the running request never started"
+            await asyncio.sleep(0.02)
+        long = await run(client, url, model, Stream("long", 0), 1, content=a_long_prompt(600))
+        during = sum(long.sent < t < long.first for t in decode.tokens)
+        await decoding
+    assert decode.completion_tokens == 400  # it ran to the end, beside the long prefill
+    return during, long.prompt_tokens
+
+
+async def test_a_long_prompt_is_prefilled_a_chunk_per_step_while_running_streams_keep_decoding(priority_upstream):
+    url, model = priority_upstream
+    during, prompt_tokens = await tokens_a_running_stream_gets_during_a_long_prefill(url, model)
+    steps = prompt_tokens // SCHEDULING_MAX_NUM_BATCHED_TOKENS  # at least; a decode takes 1 token of each
+    assert prompt_tokens > 4 * SCHEDULING_MAX_NUM_BATCHED_TOKENS
+    assert during >= steps - 1, f"{during} tokens during the prefill of {prompt_tokens} prompt tokens"
+
+
+async def test_without_a_token_budget_a_long_prompt_takes_one_step_and_running_streams_wait(sim_factory):
+    """The measure above tells the two apart: the simulator with no budget prefills the prompt whole."""
+    sim = sim_factory(max_num_seqs=PRIORITY_MAX_NUM_SEQS, itl_base=0.05, itl_per_seq=0.0, prefill_per_token=0.001)
+    during, prompt_tokens = await tokens_a_running_stream_gets_during_a_long_prefill(sim.url, sim.config.model)
+    assert prompt_tokens > 4 * SCHEDULING_MAX_NUM_BATCHED_TOKENS
+    assert during <= 2  # the step under way when it was sent, and the one that computes it all
