@@ -421,14 +421,18 @@ def report_short(data: dict) -> str:
 
 
 # -- streams --------------------------------------------------------------------------------------
-async def _streams(url: str, n: int, max_tokens: int, token: str) -> dict:
+def p99_ms(xs: list[float]) -> float:
+    return statistics.quantiles(xs, n=100)[98] * 1000 if len(xs) > 1 else 0.0
+
+
+async def _streams(url: str, n: int, max_tokens: int, token: str, ramp_s: float) -> dict:
     from loadgen import stream_clients
 
     body = json.dumps({**BODY, "max_tokens": max_tokens, "stream": True}).encode()
     headers = {"content-type": "application/json"}
     if token:
         headers["authorization"] = f"Bearer {token}"
-    run = await stream_clients(url, body, n, headers)
+    run = await stream_clients(url, body, n, headers, ramp_s=ramp_s)
     q = statistics.quantiles(run.gaps, n=100) if len(run.gaps) > 1 else [0.0] * 99
     return {
         "complete": run.complete,
@@ -436,12 +440,15 @@ async def _streams(url: str, n: int, max_tokens: int, token: str) -> dict:
         "events": run.events,
         "gap_p50_ms": q[49] * 1000,
         "gap_p99_ms": q[98] * 1000,
+        "steady_gap_p99_ms": p99_ms(run.steady_gaps()),  # once every stream was open
         "ttft_p50_ms": statistics.median(run.ttfts) * 1000 if run.ttfts else None,
         "wall_s": run.wall,
     }
 
 
-def stream_run(url: str, token: str, n: int, tokens: int, pids: dict[str, int], watch: int | None) -> dict:
+def stream_run(
+    url: str, token: str, n: int, tokens: int, pids: dict[str, int], watch: int | None, ramp_s: float = 0.0
+) -> dict:
     """The stream client in a process of its own; CPU of `pids` across it, peak RSS of `watch`."""
     peak = [0]
     stop = threading.Event()
@@ -457,7 +464,7 @@ def stream_run(url: str, token: str, n: int, tokens: int, pids: dict[str, int], 
         sampler.start()
     cpu0 = {k: tree_cpu(p) for k, p in pids.items()}
     out = subprocess.run(
-        [sys.executable, __file__, "_streams", url, str(n), str(tokens), token or "-"],
+        [sys.executable, __file__, "_streams", url, str(n), str(tokens), token or "-", str(ramp_s)],
         cwd=ROOT,
         check=True,
         capture_output=True,
@@ -478,7 +485,8 @@ def streams(args: argparse.Namespace) -> dict:
     workdir = tempfile.mkdtemp(prefix="llmd-compare-streams-")
     top = str(max(counts) + 16)
     sim_args = ["--max-num-seqs", top, "--itl-base", str(args.stream_itl)]
-    out: dict = {"itl_s": args.stream_itl, "tokens": args.stream_tokens, "results": {}}
+    out: dict = {"itl_s": args.stream_itl, "tokens": args.stream_tokens, "ramp_s": args.stream_ramp, "results": {}}
+    ramp = args.stream_ramp
     with running(
         workdir,
         [sim_args],
@@ -503,35 +511,44 @@ def streams(args: argparse.Namespace) -> dict:
                 )
                 router = (f"http://127.0.0.1:{port}", router_pid)
             for n in counts:
-                direct = stream_run(stack.sim_urls[0] + path, "", n, args.stream_tokens, {"upstream": sim_pid}, None)
-                via = stream_run(stack.url + path, token, n, args.stream_tokens, pids, stack.sender.pid)
+                up = {"upstream": sim_pid}
+                direct = stream_run(stack.sim_urls[0] + path, "", n, args.stream_tokens, up, None, ramp)
+                via = stream_run(stack.url + path, token, n, args.stream_tokens, pids, stack.sender.pid, ramp)
                 out["results"][n] = {"direct": direct, "llm-dispatcher": via}
                 if router is not None:
                     url, pid = router
-                    r = stream_run(url + path, "", n, args.stream_tokens, {"router": pid, "upstream": sim_pid}, pid)
+                    r = stream_run(url + path, "", n, args.stream_tokens, {"router": pid, **up}, pid, ramp)
                     out["results"][n]["vllm-router"] = r
                 done = ", ".join(f"{arm} {r['complete']}/{n}" for arm, r in out["results"][n].items())
                 print(f"streams n={n}: {done}", file=sys.stderr)
     return out
 
 
+def arrivals(ramp_s: float) -> str:
+    return f"evenly over {ramp_s:g} s" if ramp_s else "all at once"
+
+
 def report_streams(data: dict) -> str:
     lines = [
         f"{data['tokens']} tokens a stream, one token every {data['itl_s'] * 1000:g} ms (simulator engine step), "
-        f"one sender process; gaps are between SSE events as the client reads them\n",
-        "| streams | arm | complete | gap p50 | gap p99 | added p99 | TTFT p50 | CPU ms / 1,000 events by process |"
-        " RSS growth / stream (sender, router) |",
-        "|---:|---|---:|---:|---:|---:|---:|---|---:|",
+        f"streams started {arrivals(data.get('ramp_s', 0.0))}, one sender process; gaps are between SSE events as "
+        "the client reads them; steady: the gaps that ended once every stream had its first token\n",
+        "| streams | arm | complete | gap p50 | gap p99 | added p99 | steady gap p99 | added | TTFT p50 |"
+        " CPU ms / 1,000 events by process | RSS growth / stream (sender, router) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for n, arms in data["results"].items():
         d99 = arms["direct"]["gap_p99_ms"]
+        s99 = arms["direct"].get("steady_gap_p99_ms", 0.0)
         for arm, r in arms.items():
             cpu = ", ".join(f"{p} {v:.1f}" for p, v in r["cpu_ms_per_1000_events"].items())
             added = f"{r['gap_p99_ms'] - d99:+.1f} ms" if arm != "direct" else ""
             rss = f"{r['rss_growth_kb_per_stream']:.1f} KB" if "rss_growth_kb_per_stream" in r else ""
             gaps = f"{r['gap_p50_ms']:.1f} ms | {r['gap_p99_ms']:.1f} ms"
+            steady = r.get("steady_gap_p99_ms", 0.0)
+            steady_added = f"{steady - s99:+.1f} ms" if arm != "direct" else ""
             lines.append(
-                f"| {n} | {arm} | {r['complete']}/{n} | {gaps} | {added} | "
+                f"| {n} | {arm} | {r['complete']}/{n} | {gaps} | {added} | {steady:.1f} ms | {steady_added} | "
                 f"{r['ttft_p50_ms'] or 0:.0f} ms | {cpu} | {rss} |"
             )
     for n, arms in data["results"].items():
@@ -549,8 +566,8 @@ def report_streams(data: dict) -> str:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_streams":
-        url, n, tokens, token = sys.argv[2:6]
-        print(json.dumps(asyncio.run(_streams(url, int(n), int(tokens), "" if token == "-" else token))))
+        url, n, tokens, token, ramp = sys.argv[2:7]
+        print(json.dumps(asyncio.run(_streams(url, int(n), int(tokens), "" if token == "-" else token, float(ramp)))))
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=8)
@@ -562,6 +579,13 @@ def main() -> int:
     ap.add_argument("--streams", default="", metavar="N,...", help="stream mode: these concurrent stream counts")
     ap.add_argument("--stream-tokens", type=int, default=200)
     ap.add_argument("--stream-itl", type=float, default=0.05, help="seconds per token (default 20 tokens/s)")
+    ap.add_argument(
+        "--stream-ramp",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="start the streams evenly over S seconds (0: at once)",
+    )
     ap.add_argument("--json", help="write the raw results here")
     args = ap.parse_args()
     args.skip = {s for s in args.skip.split(",") if s}

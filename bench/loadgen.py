@@ -204,17 +204,26 @@ class StreamTimes:
     events: int = 0  # `data:` lines read, [DONE] included
     ttfts: list[float] = field(default_factory=list)  # per stream: request to its first counted event
     gaps: list[float] = field(default_factory=list)  # between a stream's consecutive counted events
+    gap_ends: list[float] = field(default_factory=list)  # when each gap ended (s since the first request)
+    last_first_event: float = 0.0  # when the last stream to start got its first counted event (s)
     wall: float = 0.0
+
+    def steady_gaps(self) -> list[float]:
+        """The gaps that ended once every stream was open and streaming (the arrivals behind)."""
+        return [g for g, end in zip(self.gaps, self.gap_ends, strict=True) if end > self.last_first_event]
 
 
 async def stream_clients(
-    url: str, body: bytes, n: int, headers: dict[str, str], skip_role_chunk: bool = False
+    url: str, body: bytes, n: int, headers: dict[str, str], skip_role_chunk: bool = False, ramp_s: float = 0.0
 ) -> StreamTimes:
-    """POST `body` from `n` clients at once and time every event of every stream; `skip_role_chunk`
-    leaves out the empty-content chunk vLLM sends first (it comes at the instant of the first token)."""
+    """POST `body` from `n` clients, at once or spread evenly over `ramp_s` seconds, and time every event
+    of every stream; `skip_role_chunk` leaves out the empty-content chunk vLLM sends first (it comes at
+    the instant of the first token)."""
     out = StreamTimes()
+    start = time.monotonic()
 
-    async def one(session: aiohttp.ClientSession) -> None:
+    async def one(session: aiohttp.ClientSession, i: int) -> None:
+        await asyncio.sleep(ramp_s * i / n)
         t0, last = time.monotonic(), None
         async with session.post(url, data=body, headers=headers) as r:
             async for line in r.content:
@@ -229,14 +238,15 @@ async def stream_clients(
                     continue
                 if last is None:
                     out.ttfts.append(now - t0)
+                    out.last_first_event = max(out.last_first_event, now - start)
                 else:
                     out.gaps.append(now - last)
+                    out.gap_ends.append(now - start)
                 last = now
 
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
-        t0 = time.monotonic()
-        results = await asyncio.gather(*(one(session) for _ in range(n)), return_exceptions=True)
-        out.wall = time.monotonic() - t0
+        results = await asyncio.gather(*(one(session, i) for i in range(n)), return_exceptions=True)
+        out.wall = time.monotonic() - start
     out.failed = sum(isinstance(r, BaseException) for r in results)
     return out

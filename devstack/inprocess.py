@@ -83,6 +83,9 @@ class AsgiServer:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
+        # Listening now, not when the server starts: a port another socket took since it was picked
+        # fails here (EADDRINUSE), before anything is started, so the caller can pick another.
+        self._sock.listen(2048)
         self.host, self.port = self._sock.getsockname()[:2]
         self.url = f"http://{self.host}:{self.port}"
         self._server = _Server(config)

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=d.max_num_batched_tokens,
         metavar="N",
-        help="scenarios 1-4: each simulated replica's chunked-prefill token budget per step (0: none)",
+        help="scenarios 1-4 and 6: each simulated replica's chunked-prefill token budget per step (0: none)",
     )
     ap.add_argument("--img", default="docs/img")
     ap.add_argument("--json", help="write every record and sample here")

@@ -52,6 +52,7 @@ class BatchOptions:
     real_url: str = ""  # a real vLLM (e.g. scripts/real-vllm.sh) instead of a fresh simulator per arm
     real_model: str = "smollm2"  # the real server's served model name
     saturation_clients: int = SATURATION_CLIENTS
+    sim: tuple[str, ...] = tuple(SIM)  # the simulated replica's arguments
 
     @property
     def model(self) -> str:
@@ -59,7 +60,7 @@ class BatchOptions:
 
     def upstream(self, stack: ProcessStack, seed: int) -> str:
         """The arm's engine: the real server, or a fresh simulator."""
-        return self.real_url.rstrip("/") if self.real_url else stack.start_sim([*SIM, "--seed", str(seed)])
+        return self.real_url.rstrip("/") if self.real_url else stack.start_sim([*self.sim, "--seed", str(seed)])
 
 
 def interactive_class(o: BatchOptions) -> TrafficClass:
@@ -287,7 +288,7 @@ def run_scenario(o: BatchOptions, seed: int, workdir: str, consumer_env: dict[st
     both = run_dispatcher_arm("interactive + batch", o, True, seed, workdir, consumer_env)
     measured = window_tps(sat.samples, WARMUP_S, o.saturation_s)
     ratio = (sum(o.prompt_tokens) / 2) / (sum(o.max_tokens) / 2)
-    computed = float("nan") if o.real_url else computed_capacity(SIM, ratio)
+    computed = float("nan") if o.real_url else computed_capacity(list(o.sim), ratio)
     a, b = class_stats(alone.records, "interactive"), class_stats(both.records, "interactive")
     done = both.batch_done_s
     busy = window_tps(both.samples, WARMUP_S, done)

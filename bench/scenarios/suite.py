@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -213,7 +214,7 @@ def scenario5(a: Options, workdir: str, img: Path) -> ScenarioResult:
 
 def scenario6(a: Options, workdir: str, img: Path) -> ScenarioResult:
     """Interactive at ~60 % of capacity, alone and with a batch submitted as it starts (scenarios/batch.py)."""
-    o = a.batch
+    o = dataclasses.replace(a.batch, sim=tuple(a.sim(SIM)))
     scen = run_scenario(o, a.seed, workdir, a.consumer_env())
     plot_batch(
         scen,
