@@ -16,7 +16,9 @@ added p50 over direct, and CPU ms per request by process.
 `--streams N,...`: N concurrent streaming chat completions of `--stream-tokens` tokens at
 `--stream-itl` seconds a token (the simulator's engine step), directly, through the sender and
 through vllm-router (unless skipped): CPU per 1,000 relayed events by process, added p99
-inter-token gap, RSS growth of the sender (and of the router) per open stream. `wrk` comes from
+inter-token gap (all of them, and those once every stream is open), RSS growth of the sender (and of
+the router) per open stream; `--stream-ramp S` starts the streams evenly over S seconds instead of at
+once. `wrk` comes from
 scripts/ensure-wrk.sh (called when missing).
 """
 

@@ -43,6 +43,34 @@ def _no_token(name: str) -> NotFoundError:
     return NotFoundError(f"No token named {shorten(name)!r}", param="name")
 
 
+def checked_creation(body: TokenCreate) -> bool:
+    """Whether the new token has inference rights (by default: unless it is an admin token), once its
+    name and fields are valid; an inference token needs a priority and a threshold."""
+    try:
+        validate_name(body.name)
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc), param="name") from None
+    inference = (not body.admin) if body.inference is None else body.inference
+    fields = body.model_dump(exclude={"name", "admin", "inference"}, exclude_none=True)
+    check_fields(fields)
+    for required in ("priority", "threshold") if inference else ():
+        if required not in fields:
+            raise InvalidRequestError(f"{required} is required for a token with inference rights", param=required)
+    return inference
+
+
+def checked_changes(body: TokenUpdate) -> dict:
+    """The fields a PATCH gives, at least one, none of the required ones set to null."""
+    given = body.model_dump(include=body.model_fields_set)
+    for key in ("priority", "threshold", "enabled", "admin", "inference"):
+        if key in given and given[key] is None:
+            raise InvalidRequestError(f"{key} cannot be null", param=key)
+    if not given:
+        raise InvalidRequestError("give at least one field to change")
+    check_fields(given)
+    return given
+
+
 def add_token_routes(router: APIRouter, get_ctx: Callable[[], SenderContext]) -> None:
     @router.get("/tokens", summary="List tokens", response_model=TokenList)
     async def list_tokens(
@@ -70,19 +98,7 @@ def add_token_routes(router: APIRouter, get_ctx: Callable[[], SenderContext]) ->
     )
     async def create_token(request: Request) -> JSON:
         body = await read_body(request, TokenCreate)
-        try:
-            validate_name(body.name)
-        except ValueError as exc:
-            raise InvalidRequestError(str(exc), param="name") from None
-        inference = (not body.admin) if body.inference is None else body.inference
-        fields = body.model_dump(exclude={"name", "admin", "inference"}, exclude_none=True)
-        check_fields(fields)
-        if inference:
-            for required in ("priority", "threshold"):
-                if required not in fields:
-                    raise InvalidRequestError(
-                        f"{required} is required for a token with inference rights", param=required
-                    )
+        inference = checked_creation(body)
         try:
             record, key = await get_ctx().store.create_token(
                 body.name,
@@ -119,14 +135,7 @@ def add_token_routes(router: APIRouter, get_ctx: Callable[[], SenderContext]) ->
         openapi_extra=body_schema(TokenUpdate),
     )
     async def update_token(name: str, request: Request) -> JSON:
-        body = await read_body(request, TokenUpdate)
-        given = body.model_dump(include=body.model_fields_set)
-        for key in ("priority", "threshold", "enabled", "admin", "inference"):
-            if key in given and given[key] is None:
-                raise InvalidRequestError(f"{key} cannot be null", param=key)
-        if not given:
-            raise InvalidRequestError("give at least one field to change")
-        check_fields(given)
+        given = checked_changes(await read_body(request, TokenUpdate))
         try:
             record = await get_ctx().store.update_token(name, **given)
         except TokenNotFoundError:
