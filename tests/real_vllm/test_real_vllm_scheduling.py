@@ -132,12 +132,14 @@ def a_long_prompt(words: int) -> str:
     return " ".join(rng.choice(("apple", "river", "stone", "cloud", "maple", "ember")) for _ in range(words))
 
 
-async def tokens_a_running_stream_gets_during_a_long_prefill(url: str, model: str) -> tuple[int, int]:
+async def tokens_a_running_stream_gets_during_a_long_prefill(
+    url: str, model: str, decode_tokens: int = 400
+) -> tuple[int, int]:
     """(tokens a running stream received between a long prompt's send and its first token, that
     prompt's tokens)."""
     async with httpx.AsyncClient(timeout=120) as client:
         decode = Stream("decode", 0)
-        decoding = asyncio.create_task(run(client, url, model, decode, 400))
+        decoding = asyncio.create_task(run(client, url, model, decode, decode_tokens))
         deadline = time.monotonic() + 60
         while len(decode.tokens) < 3:  # generating, past its own prefill
             assert time.monotonic() < deadline, "the running request never started"
@@ -145,13 +147,17 @@ async def tokens_a_running_stream_gets_during_a_long_prefill(url: str, model: st
         long = await run(client, url, model, Stream("long", 0), 1, content=a_long_prompt(600))
         during = sum(long.sent < t < long.first for t in decode.tokens)
         await decoding
-    assert decode.completion_tokens == 400  # it ran to the end, beside the long prefill
+    assert decode.completion_tokens == decode_tokens  # it ran to the end, beside the long prefill
     return during, long.prompt_tokens
 
 
-async def test_a_long_prompt_is_prefilled_a_chunk_per_step_while_running_streams_keep_decoding(priority_upstream):
+async def test_a_long_prompt_is_prefilled_a_chunk_per_step_while_running_streams_keep_decoding(
+    priority_upstream, request
+):
     url, model = priority_upstream
-    during, prompt_tokens = await tokens_a_running_stream_gets_during_a_long_prefill(url, model)
+    # The running stream outlasts the long prompt's prefill: 10-12 chunk steps (50 ms each on the simulator).
+    decode_tokens = 60 if request.node.callspec.params["priority_upstream"] == "sim" else 400
+    during, prompt_tokens = await tokens_a_running_stream_gets_during_a_long_prefill(url, model, decode_tokens)
     steps = prompt_tokens // SCHEDULING_MAX_NUM_BATCHED_TOKENS  # at least; a decode takes 1 token of each
     assert prompt_tokens > 4 * SCHEDULING_MAX_NUM_BATCHED_TOKENS
     assert during >= steps - 1, f"{during} tokens during the prefill of {prompt_tokens} prompt tokens"
@@ -159,7 +165,8 @@ async def test_a_long_prompt_is_prefilled_a_chunk_per_step_while_running_streams
 
 async def test_without_a_token_budget_a_long_prompt_takes_one_step_and_running_streams_wait(sim_factory):
     """The measure above tells the two apart: the simulator with no budget prefills the prompt whole."""
-    sim = sim_factory(max_num_seqs=PRIORITY_MAX_NUM_SEQS, itl_base=0.05, itl_per_seq=0.0, prefill_per_token=0.001)
-    during, prompt_tokens = await tokens_a_running_stream_gets_during_a_long_prefill(sim.url, sim.config.model)
+    # Steps of 0.2 s, so that the long request reaches the engine within one step even on a busy machine.
+    sim = sim_factory(max_num_seqs=PRIORITY_MAX_NUM_SEQS, itl_base=0.2, itl_per_seq=0.0, prefill_per_token=0.001)
+    during, prompt_tokens = await tokens_a_running_stream_gets_during_a_long_prefill(sim.url, sim.config.model, 40)
     assert prompt_tokens > 4 * SCHEDULING_MAX_NUM_BATCHED_TOKENS
     assert during <= 2  # the step under way when it was sent, and the one that computes it all
