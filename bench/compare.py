@@ -423,8 +423,9 @@ def report_short(data: dict) -> str:
 
 
 # -- streams --------------------------------------------------------------------------------------
-def p99_ms(xs: list[float]) -> float:
-    return statistics.quantiles(xs, n=100)[98] * 1000 if len(xs) > 1 else 0.0
+def percentiles_ms(xs: list[float]) -> list[float]:
+    """The 99 cut points (p1 … p99) of `xs` seconds, in ms; zeros with fewer than two values."""
+    return [q * 1000 for q in statistics.quantiles(xs, n=100)] if len(xs) > 1 else [0.0] * 99
 
 
 async def _streams(url: str, n: int, max_tokens: int, token: str, ramp_s: float) -> dict:
@@ -435,14 +436,14 @@ async def _streams(url: str, n: int, max_tokens: int, token: str, ramp_s: float)
     if token:
         headers["authorization"] = f"Bearer {token}"
     run = await stream_clients(url, body, n, headers, ramp_s=ramp_s)
-    q = statistics.quantiles(run.gaps, n=100) if len(run.gaps) > 1 else [0.0] * 99
+    q = percentiles_ms(run.gaps)
     return {
         "complete": run.complete,
         "failed": run.failed,
         "events": run.events,
-        "gap_p50_ms": q[49] * 1000,
-        "gap_p99_ms": q[98] * 1000,
-        "steady_gap_p99_ms": p99_ms(run.steady_gaps()),  # once every stream was open
+        "gap_p50_ms": q[49],
+        "gap_p99_ms": q[98],
+        "steady_gap_p99_ms": percentiles_ms(run.steady_gaps())[98],  # once every stream was open
         "ttft_p50_ms": statistics.median(run.ttfts) * 1000 if run.ttfts else None,
         "wall_s": run.wall,
     }
@@ -500,7 +501,8 @@ def streams(args: argparse.Namespace) -> dict:
         stack.wait_live(token)
         sim_pid = stack.procs[0].pid
         path = "/v1/chat/completions"
-        pids = {"sender": stack.sender.pid, "consumer": stack.consumers[0].pid, "upstream": sim_pid}
+        up = {"upstream": sim_pid}
+        pids = {"sender": stack.sender.pid, "consumer": stack.consumers[0].pid, **up}
         if (beam := broker_pid()) is not None:
             pids["rabbitmq"] = beam
         with contextlib.ExitStack() as arms:
@@ -513,7 +515,6 @@ def streams(args: argparse.Namespace) -> dict:
                 )
                 router = (f"http://127.0.0.1:{port}", router_pid)
             for n in counts:
-                up = {"upstream": sim_pid}
                 direct = stream_run(stack.sim_urls[0] + path, "", n, args.stream_tokens, up, None, ramp)
                 via = stream_run(stack.url + path, token, n, args.stream_tokens, pids, stack.sender.pid, ramp)
                 out["results"][n] = {"direct": direct, "llm-dispatcher": via}
