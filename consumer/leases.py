@@ -13,6 +13,10 @@ class Lease:
     ticket_id: str
     granted_at: float
     expires_at: float
+    priority: int = 0
+    preemptible: bool = False  # a batch line's: may be ended for a higher-priority ticket
+    reply_to: str = ""  # where its holder hears that it was (the sender's reply queue) ...
+    node: int = 0  # ... through this broker node
 
 
 class LeaseTable:
@@ -20,19 +24,33 @@ class LeaseTable:
         self.ttl_s = ttl_s
         self._clock = clock
         self._leases: dict[str, Lease] = {}
+        self.preemptible = 0  # how many of the leases are preemptible
 
     def __len__(self) -> int:
         return len(self._leases)
 
-    def grant(self, ticket_id: str) -> Lease:
+    def grant(
+        self, ticket_id: str, priority: int = 0, *, preemptible: bool = False, reply_to: str = "", node: int = 0
+    ) -> Lease:
         now = self._clock()
-        lease = Lease(uuid.uuid4().hex, ticket_id, now, now + self.ttl_s)
+        lease = Lease(uuid.uuid4().hex, ticket_id, now, now + self.ttl_s, priority, preemptible, reply_to, node)
         self._leases[lease.id] = lease
+        if preemptible:
+            self.preemptible += 1
         return lease
+
+    def victim(self, below_priority: int) -> Lease | None:
+        """The lease to end for a ticket of `below_priority`: the preemptible one of a lower priority
+        granted last (the least work lost), lowest priority first; None when there is none."""
+        candidates = [lease for lease in self._leases.values() if lease.preemptible and lease.priority < below_priority]
+        return max(candidates, key=lambda lease: (-lease.priority, lease.granted_at), default=None)
 
     def release(self, lease_id: str) -> Lease | None:
         """The lease, or None when it was unknown (already released, expired, or another replica's)."""
-        return self._leases.pop(lease_id, None)
+        lease = self._leases.pop(lease_id, None)
+        if lease is not None and lease.preemptible:
+            self.preemptible -= 1
+        return lease
 
     def renew(self, lease_id: str) -> bool:
         lease = self._leases.get(lease_id)
@@ -53,5 +71,5 @@ class LeaseTable:
         now = self._clock()
         gone = [lease for lease in self._leases.values() if lease.expires_at <= now]
         for lease in gone:
-            del self._leases[lease.id]
+            self.release(lease.id)
         return gone

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 
@@ -80,3 +80,12 @@ def decide(s: Snapshot, limits: Limits, priority: int | None = None) -> Decision
     if floor > 0 and users and s.tokens_per_second is not None and s.tokens_per_second / users < floor:
         return Decision(False, Reason.SLOW_TOKENS)
     return Decision(True, Reason.ADMIT)
+
+
+def preemption_helps(s: Snapshot, limits: Limits, priority: int) -> bool:
+    """Would ending one running lease let the replica take a ticket of `priority`? Only when the slots
+    are all that stops it: a replica refusing for its engine's state (waiting, KV cache, speed) or
+    its health would stay closed, and the ended request would be lost work for nothing."""
+    if decide(s, limits, priority).reason is not Reason.AT_MAX_CONCURRENCY:
+        return False
+    return decide(replace(s, in_flight=s.in_flight - 1), limits, priority).admit

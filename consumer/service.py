@@ -19,21 +19,38 @@ from collections import OrderedDict
 from aio_pika.abc import AbstractIncomingMessage
 from aiormq.abc import DeliveredMessage
 
-from consumer.leases import LeaseTable
+from consumer.leases import Lease, LeaseTable
 from consumer.metrics import ConsumerMetrics
-from consumer.policy import Decision, Limits, Reason, Snapshot, decide
+from consumer.policy import Decision, Limits, Reason, Snapshot, decide, preemption_helps
 from consumer.settings import ConsumerSettings
 from consumer.topology import Pull, Topology
 from consumer.watcher import VllmWatcher
 from llm_dispatcher import amqp, protocol
 from llm_dispatcher.errors import BrokerUnavailableError
 from llm_dispatcher.nodes import Node, Nodes, broker_urls
-from llm_dispatcher.protocol import Cancel, Grant, Heartbeat, Release, Releases, Renew, Ticket
+from llm_dispatcher.protocol import (
+    Cancel,
+    Grant,
+    Heartbeat,
+    Preempt,
+    Preempted,
+    Release,
+    Releases,
+    Renew,
+    Ticket,
+)
 from llm_dispatcher.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
 
 _CANCELLED_MEMORY = 100_000  # ticket ids remembered as abandoned (bounded)
+
+
+def remember(seen: OrderedDict[str, None], ticket_id: str) -> None:
+    """Add to a bounded memory of ticket ids (the oldest forgotten first)."""
+    seen[ticket_id] = None
+    while len(seen) > _CANCELLED_MEMORY:
+        seen.popitem(last=False)
 
 
 class Consumer:
@@ -67,6 +84,7 @@ class Consumer:
         self._epoch = 0  # bumped on every broker reconnect (and node loss), announced in heartbeats
         self._heartbeat_now = asyncio.Event()
         self._cancelled: OrderedDict[str, None] = OrderedDict()
+        self._preempted_for: OrderedDict[str, None] = OrderedDict()  # tickets a lease was ended for
         self._gate_lock = asyncio.Lock()
         self._gate_wakeup = asyncio.Event()
         self._tasks = BackgroundTasks("consumer")
@@ -315,7 +333,15 @@ class Consumer:
             m.returned.labels(*lab).inc()
             self.poke()
             return
-        lease = self.leases.grant(ticket.id)
+        lease = self.leases.grant(
+            ticket.id,
+            ticket.priority,
+            preemptible=ticket.preemptible,
+            reply_to=message.header.properties.reply_to or "",
+            node=pull.node.index,
+        )
+        if ticket.preemptible and self.leases.preemptible == 1:
+            self._heartbeat_now.set()  # senders ask only replicas that say they hold preemptible leases
         if ticket.priority >= self.limits.reserved_min_priority:
             self._high_granted_at = time.monotonic()
         m.in_flight.labels(*lab).set(self.in_flight)
@@ -371,13 +397,49 @@ class Consumer:
                     self.leases.renew(lease_id)
             elif kind == "cancel":
                 for ticket_id in Cancel.loads(message.body).ticket_ids:
-                    self._cancelled[ticket_id] = None
-                while len(self._cancelled) > _CANCELLED_MEMORY:
-                    self._cancelled.popitem(last=False)
+                    remember(self._cancelled, ticket_id)
+            elif kind == "preempt":
+                self._preempt(Preempt.loads(message.body))
             else:
                 log.warning("unknown control message type %r", kind)
         except Exception:
             log.exception("bad control message dropped")
+
+    def _preempt(self, request: Preempt) -> None:
+        """A ticket of `request.priority` waits somewhere: if only full slots keep this replica from
+        taking it, end the batch line of a lower priority granted last. Its sender aborts it (vLLM
+        drops the sequence) and runs it again later; the freed slot pulls the head of the queue,
+        which is that ticket or one of a higher priority. At most one lease per waiting ticket."""
+        if not self.settings.preempt_batch or request.ticket_id in self._preempted_for:
+            return
+        if request.ticket_id in self._cancelled or not preemption_helps(self.snapshot(), self.limits, request.priority):
+            return
+        victim = self.leases.victim(request.priority)
+        if victim is None:
+            return
+        remember(self._preempted_for, request.ticket_id)
+        self._end_lease(victim.id, "preempted")
+        log.info(
+            "lease %s (priority %d) ended for ticket %s (priority %d)",
+            victim.id,
+            victim.priority,
+            request.ticket_id,
+            request.priority,
+            extra={"lease_id": victim.id, "ticket_id": request.ticket_id},
+        )
+        self._tasks.spawn(self._tell_preempted(victim), "preempted")
+
+    async def _tell_preempted(self, lease: Lease) -> None:
+        pull = self.pulls[lease.node] if lease.node < len(self.pulls) else None
+        if pull is None or not pull.usable or not lease.reply_to:
+            return  # the holder's node is gone: it finishes the line, and its release finds no lease
+        with contextlib.suppress(Exception):
+            await pull.link.publish(
+                lease.reply_to,
+                Preempted(lease.id, lease.ticket_id).dumps(),
+                correlation_id=lease.ticket_id,
+                message_type="preempted",
+            )
 
     def _end_lease(self, lease_id: str, reason: str) -> None:
         if self.leases.release(lease_id) is None:
@@ -434,6 +496,7 @@ class Consumer:
             control=next((c for c in controls if c), ""),
             epoch=self._epoch,
             controls=controls if len(controls) > 1 else [],
+            preemptible=self.leases.preemptible,
         )
         await node.link.publish(
             "",

@@ -33,6 +33,11 @@ class ConsumerSettings(CommonSettings):
         description="Keep the reserved slots for this long after the last high-priority grant, then lend them to "
         "lower priorities until the next one (0: always keep them)",
     )
+    preempt_batch: bool = Field(
+        True,
+        description="While every slot is held, end the batch line of a lower priority granted last when a "
+        "sender says a higher-priority request waits (the line runs again later)",
+    )
     prefetch: int = Field(8, ge=1, description="Tickets the broker may push before an ack, at most the free room")
     scrape_interval_s: float = Field(0.5, gt=0, description="How often vLLM /metrics and /health are read")
     metrics_stale_after_s: float = Field(5.0, gt=0, description="Older metrics are ignored (in-flight cap only)")

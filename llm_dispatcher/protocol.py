@@ -9,6 +9,8 @@ Everything that crosses the broker is JSON (orjson), never pickle.
     sender ──releases──> consumer's control queue       (several leases in one message, to consumers of 4+)
     sender ──renew──> consumer's control queue          (leases still streaming, every ttl/3)
     sender ──cancel──> fanout "<prefix>.cancel"         (ticket abandoned while queued)
+    sender ──preempt──> consumer's control queue        (a higher-priority ticket waits: end a batch line)
+    consumer ──preempted──> sender's reply queue        (that batch line's lease ended: abort, run it later)
     consumer ──heartbeat──> fanout "<prefix>.heartbeat" (model, replica address, capacity, load)
 
 Compatibility (senders and consumers of different releases run side by side during a rolling
@@ -29,7 +31,10 @@ History: 0 = unversioned; 1 = `v` added, every message read tolerantly; 2 = Hear
 3 = Heartbeat gains `controls` (the consumer's control queue on each broker node of a cluster; senders
 of version 2 use `control`, the one on node 0); 4 = a new message type, `Releases` (message type
 "releases": several leases ended in one message), which a sender sends only to a consumer whose
-heartbeats carry `v` 4 or more (to others, one `Release` each, as before).
+heartbeats carry `v` 4 or more (to others, one `Release` each, as before); 5 = Ticket gains
+`preemptible` (a batch line), Heartbeat gains `preemptible` (such leases held), and two message types:
+`Preempt` (sender → consumer, sent only to consumers whose heartbeats carry `v` 5 or more) and
+`Preempted` (consumer → sender, only for a preemptible ticket, which only a version 5 sender writes).
 Version 0 readers refused unknown fields in every message but Heartbeat, `v` included: upgrading a
 deployment from version 0 replaces all senders and consumers together (not rolling); from version 1
 on, upgrades roll.
@@ -48,7 +53,7 @@ import orjson
 
 DEFAULT_PREFIX = "llmd"
 MAX_PRIORITY = 10
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 UNVERSIONED = 0  # the `v` of a message whose writer predates versioning
 
 
@@ -183,6 +188,7 @@ class Ticket(_Message):
     priority: int
     deadline_ms: int
     request_id: str = ""
+    preemptible: bool = False  # a batch line: its replica may end it for a higher-priority ticket (version 5)
     v: int = _version()
 
     def expired(self, at_ms: int | None = None) -> bool:
@@ -248,6 +254,31 @@ class Cancel(_Message):
 
 @_message
 @dataclass(slots=True)
+class Preempt(_Message):
+    """A ticket of `priority` is still waiting (version 5): end one preemptible lease of a lower priority
+    if a full replica is what keeps the ticket waiting."""
+
+    ticket_id: str
+    priority: int
+    v: int = _version()
+
+
+@_message
+@dataclass(slots=True)
+class Preempted(_Message):
+    """The lease of a preemptible ticket was ended for a higher-priority one (version 5): its holder
+    aborts the request and runs it again later."""
+
+    lease_id: str
+    ticket_id: str
+    v: int = _version()
+
+
+PREEMPT_SINCE = 5  # the protocol version from which a consumer reads `Preempt`
+
+
+@_message
+@dataclass(slots=True)
 class Heartbeat(_Message):
     model: str
     replica: str
@@ -272,4 +303,5 @@ class Heartbeat(_Message):
     # is not connected now). A sender whose grant came through a node that is gone sends the release
     # or renewal to the consumer's control queue on a node it still reaches.
     controls: list[str] = field(default_factory=list)
+    preemptible: int = 0  # leases held by preemptible tickets (batch lines) now (version 5)
     v: int = _version()

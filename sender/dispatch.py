@@ -29,6 +29,7 @@ import dataclasses
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 from aio_pika.abc import AbstractIncomingMessage
 from aiormq.abc import DeliveredMessage
@@ -36,7 +37,7 @@ from aiormq.abc import DeliveredMessage
 from llm_dispatcher import amqp, protocol
 from llm_dispatcher.errors import BrokerUnavailableError, QueueTimeoutError
 from llm_dispatcher.nodes import Node, Nodes, broker_urls
-from llm_dispatcher.protocol import Cancel, Grant, Heartbeat, Renew, Ticket
+from llm_dispatcher.protocol import Cancel, Grant, Heartbeat, Preempt, Preempted, Renew, Ticket
 from llm_dispatcher.tasks import BackgroundTasks
 from sender.fairness import broker_priority
 from sender.metrics import SenderMetrics
@@ -55,6 +56,8 @@ class Waiter:
     ticket: Ticket
     node: int
     sub: int
+    asks: int = 0  # how often it asked a replica to make room (see Dispatcher._ask_for_room)
+    timer: asyncio.TimerHandle | None = None  # the next time it asks
 
 
 class Dispatcher:
@@ -80,6 +83,8 @@ class Dispatcher:
         # model -> (monotonic time, depth, this sender's batch tickets published before that reading)
         self._depth_seen: dict[str, tuple[float, int, int]] = {}
         self._held: dict[str, tuple[Grant, int]] = {}  # lease id -> grant and its node, while proxied
+        self._preemptions: dict[str, Callable[[], None]] = {}  # lease id -> what aborts its batch line
+        self._preemptible: dict[str, set[str]] = {}  # model -> consumers (URL) holding batch lines, by heartbeat
         self._renewed: dict[str, float] = {}  # lease id -> when it was granted or last renewed
         self._renew_period = 1.0  # at most a sixth of the shortest lease TTL seen
         self._renew_wakeup = asyncio.Event()
@@ -273,7 +278,9 @@ class Dispatcher:
                 with contextlib.suppress(Exception):
                     await self.depth(model)
             for model in self.registry.model_names():  # configured or seen: 0 once the last replica is gone
-                self.metrics.replicas_live.labels(model).set(len(self.registry.live(model)))
+                live = self.registry.live(model)
+                self.metrics.replicas_live.labels(model).set(len(live))
+                self._preemptible.get(model, set()).intersection_update(hb.url for hb in live)
 
     # -- tickets and grants --------------------------------------------------------------------
     async def acquire(
@@ -292,6 +299,7 @@ class Dispatcher:
             priority=priority,
             deadline_ms=protocol.now_ms() + int(timeout * 1000),
             request_id=request_id,
+            preemptible=batch,
         )
         waiter = Waiter(asyncio.get_running_loop().create_future(), ticket, node.index, sub)
         self._waiting[ticket.id] = waiter
@@ -301,6 +309,8 @@ class Dispatcher:
             self._batch_waiting[model] = self._batch_waiting.get(model, 0) + 1
         try:
             await self._publish_first(waiter, timeout)
+            if not batch and self.settings.preempt_after_s > 0:
+                self._ask_later(waiter)
             return await asyncio.wait_for(waiter.fut, timeout)
         except TimeoutError:
             self._abandon(waiter)
@@ -312,6 +322,8 @@ class Dispatcher:
             self._abandon(waiter)
             raise
         finally:
+            if waiter.timer is not None:
+                waiter.timer.cancel()
             waiting.dec()
             if batch:
                 self._batch_waiting[model] -= 1
@@ -348,6 +360,53 @@ class Dispatcher:
             expiration_s=ttl_s,
         )
 
+    # -- batch lines make room for waiting requests ---------------------------------------------
+    def _ask_later(self, waiter: Waiter, period: float | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        waiter.timer = loop.call_later(period or self.settings.preempt_after_s, self._ask_for_room, waiter)
+
+    def _ask_for_room(self, waiter: Waiter) -> None:
+        """The request has waited `preempt_after_s` (again): ask one replica whose slots batch lines
+        hold to end one for it (the replica decides; it ends at most one lease per ticket). Each ask
+        goes to the next such replica, so a replica that could not help is not asked twice in a row."""
+        if waiter.fut.done():
+            return
+        ticket = waiter.ticket
+        holders = self._preemptible.get(ticket.model)
+        if not holders:  # no batch line runs there: look again less often (cheap under overload)
+            self._ask_later(waiter, 10 * self.settings.preempt_after_s)
+            return
+        candidates = sorted(holders)
+        route = self._control_route(candidates[waiter.asks % len(candidates)])
+        if route is not None:
+            waiter.asks += 1
+            self._tasks.spawn(self._publish_preempt(ticket, *route), "preempt")
+        self._ask_later(waiter)
+
+    async def _publish_preempt(self, ticket: Ticket, node: Node, control: str) -> None:
+        assert node.link is not None
+        with contextlib.suppress(BrokerUnavailableError):
+            await node.link.publish(
+                control,
+                Preempt(ticket.id, ticket.priority).dumps(),
+                message_type="preempt",
+                expiration_s=max(1.0, 10 * self.settings.preempt_after_s),  # stale asks are not acted on
+            )
+
+    def when_preempted(self, lease_id: str, abort: Callable[[], None] | None) -> None:
+        """Call `abort` if the replica ends this (batch line's) lease for a higher-priority request;
+        None: no longer."""
+        if abort is None:
+            self._preemptions.pop(lease_id, None)
+        else:
+            self._preemptions[lease_id] = abort
+
+    def _on_preempted(self, body: bytes) -> None:
+        notice = amqp.decode(Preempted, body, "preempted")
+        abort = self._preemptions.pop(notice.lease_id, None) if notice is not None else None
+        if abort is not None:
+            abort()
+
     def _abandon(self, waiter: Waiter) -> None:
         """Tell every consumer to drop this ticket if they see it (fire and forget)."""
         node: Node | None = self.nodes.nodes[waiter.node]
@@ -367,6 +426,9 @@ class Dispatcher:
         )
 
     async def _on_grant(self, message: DeliveredMessage, node: Node) -> None:
+        if message.header.properties.message_type == "preempted":
+            self._on_preempted(message.body)
+            return
         grant = amqp.decode(Grant, message.body, "grant")
         if grant is None:
             return
@@ -395,7 +457,11 @@ class Dispatcher:
         through = self.nodes.nodes[node] if node < len(self.nodes) else None
         if through is not None and through.connected:
             return through, grant.release_to
-        controls = self._controls.get(grant.url, [])
+        return self._control_route(grant.url)
+
+    def _control_route(self, url: str) -> tuple[Node, str] | None:
+        """The control queue of the consumer at `url` on a node reached (from its heartbeats), or None."""
+        controls = self._controls.get(url, [])
         for n in self.nodes.connected():
             if n.index < len(controls) and controls[n.index]:
                 return n, controls[n.index]
@@ -437,6 +503,11 @@ class Dispatcher:
         if hb is None:
             return
         self.registry.update(hb)
+        holders = self._preemptible.setdefault(hb.model, set())
+        if hb.ready and hb.preemptible > 0 and hb.v >= protocol.PREEMPT_SINCE:
+            holders.add(hb.url)
+        else:
+            holders.discard(hb.url)
         controls = self._controls[hb.url] = hb.controls or [hb.control]  # protocol 2: node 0 only
         for control in controls:  # this consumer's own queues: a replica's URL outlives its consumers
             if control:

@@ -63,6 +63,12 @@ class SenderSettings(CommonSettings):
         60.0, gt=0, description="A batch line's claim; renewed while it runs, taken over when its runner died"
     )
     batch_poll_interval_s: float = Field(0.5, gt=0, description="How often the runner looks for batch work")
+    preempt_after_s: float = Field(
+        0.05,
+        ge=0,
+        description="A request waiting this long for a replica asks one where batch lines hold slots to end one "
+        "for it, and asks again as often while it waits (0: never)",
+    )
     shutdown_grace_s: float = Field(30.0, ge=0, description="How long in-flight streams may finish at shutdown")
     fair_quantum_tokens: float = Field(
         2000.0,

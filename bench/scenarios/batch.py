@@ -30,7 +30,7 @@ from loadgen import Record, Target, TrafficClass, run_load, schedule
 
 from devstack.processes import EXE, ProcessStack, cpu_seconds
 from scenarios.run import MODEL, SENDER, SIM, WARMUP_S, _wait_ready
-from scenarios.sampling import Sample, Sampler, complete
+from scenarios.sampling import Sample, Sampler, complete, metric_sum
 from scenarios.stats import class_stats
 
 SATURATION_CLIENTS = 32  # closed-loop clients of the saturation arm: twice the engine's 16 slots
@@ -118,6 +118,7 @@ class BatchArmResult:
     output_unique: int = 0
     output_ok: int = 0
     error_lines: int = 0
+    preempted: int = 0  # batch line runs ended for an interactive request (each ran again)
     loadavg: tuple[float, float] = (0.0, 0.0)
     cpu: dict[str, float] = field(default_factory=dict)  # cores used on average per process, over the arm
 
@@ -243,6 +244,7 @@ def run_dispatcher_arm(
                         await asyncio.sleep(0.25)
                     res.batch_status = b.status
                     await _read_output(client, b, res)
+                    res.preempted = await _preempted_lines(stack.metrics_url)
                 res.records = await load
                 await asyncio.sleep(1.0)  # one more second of samples after the last event
             finally:
@@ -268,6 +270,11 @@ async def _read_output(client: openai.AsyncOpenAI, b, res: BatchArmResult) -> No
         res.output_ok = sum((x.get("response") or {}).get("status_code") == 200 for x in out)
     if b.error_file_id:
         res.error_lines = len((await client.files.content(b.error_file_id)).content.splitlines())
+
+
+async def _preempted_lines(sender_metrics: str) -> int:
+    async with aiohttp.ClientSession() as s, s.get(sender_metrics + "/metrics") as r:
+        return int(metric_sum(await r.text(), "llmd_batch_lines_total", outcome="preempted"))
 
 
 # -- the scenario: arms, targets, report ---------------------------------------------------------
@@ -365,6 +372,10 @@ def _report(
         f"(target >= 95 %): {ok[busy >= 0.95 * measured]}",
         f"- the batch completes: {both.batch_status}, {both.output_ok} of {o.lines} lines answered 200, "
         f"each once: {ok[complete_ok]}",
+        f"- batch lines ended for an interactive request and run again: {both.preempted} "
+        f"({both.preempted / max(1, o.lines):.1%} of the lines; the work lost is at most "
+        f"{both.preempted * o.max_tokens[1]:,} output tokens, "
+        f"{both.preempted * o.max_tokens[1] / max(1.0, busy * (done - WARMUP_S)):.1%} of the engine's)",
         f"- load average {alone.loadavg[0]:.1f}→{alone.loadavg[1]:.1f} (alone), "
         f"{both.loadavg[0]:.1f}→{both.loadavg[1]:.1f} (with the batch); cores used (simulator / consumer / "
         f"sender): {' / '.join(f'{v:.2f}' for v in alone.cpu.values())} alone, "

@@ -14,9 +14,11 @@ import aiohttp
 _NUM = r"([0-9.eE+-]+|NaN)"
 
 
-def metric_sum(text: str, name: str) -> float:
-    """The sum of every sample of ``name`` in a Prometheus text scrape (0 when absent)."""
-    return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? {_NUM}", text, re.M))
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """The sum of every sample of ``name`` in a Prometheus text scrape whose labels include ``labels``
+    (0 when absent)."""
+    found = re.findall(rf"^{re.escape(name)}(?:{{([^}}]*)}})? {_NUM}", text, re.M)
+    return sum(float(v) for have, v in found if all(f'{k}="{x}"' in have for k, x in labels.items()))
 
 
 @dataclass

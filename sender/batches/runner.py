@@ -8,6 +8,8 @@ request (admit's checks, dispatch at the token's batch priority, relay, record),
   while a line runs, and a claim a dead runner left expires after `batch_claim_s`; its line runs again.
   So after a crash only lines that were in flight can run twice, never a line whose result is stored,
   and the output has each line exactly once.
+- A batch yields to interactive traffic: a line's replica may end its lease for a higher-priority
+  request that waits (consumer `preempt_batch`); the line is aborted and given back, and runs again.
 - Cancel and expiry stop feeding at once, cancel the lines in flight here (the upstream request is
   aborted, the lease released), and end the rest; a runner that finishes a line after that drops it.
 """
@@ -38,6 +40,10 @@ log = logging.getLogger(__name__)
 CANCELLED = {"code": "batch_cancelled", "message": "the batch was cancelled before this request ran"}
 EXPIRED = {"code": "batch_expired", "message": "the batch expired before this request ran"}
 FINALIZE_STUCK_S = 60  # a batch finalizing this long without output files lost its finalizer
+
+
+class LinePreempted(Exception):
+    """The line's replica ended its lease for a higher-priority request: abort it, run it again later."""
 
 
 class Collector:
@@ -194,6 +200,8 @@ class BatchRunner:
         answer: tuple[int, bytes] | None = None  # (status, body): the line's result, once there is one
         try:
             answer = await self._answer(batch, line, token, outcome)
+        except LinePreempted:
+            outcome.fail(503, "preempted")
         except ServiceUnavailableError:  # no replica free in time, broker away: the line waits its turn again
             outcome.fail(503, "requeued")
         except DispatcherError as exc:  # the gateway's own answer (unknown model...): the line's result
@@ -215,10 +223,9 @@ class BatchRunner:
             if not stored:
                 with contextlib.suppress(Exception):
                     await self.store.give_back(batch.id, line.line_no, self.id)
-            outcome_label = (
-                "requeued" if answer is None or not stored else ("failed" if answer[0] >= 400 else "completed")
-            )
-            self.ctx.metrics.batch_lines.labels(self.ctx.model_label(line.model), outcome_label).inc()
+            self.ctx.metrics.batch_lines.labels(
+                self.ctx.model_label(line.model), _line_outcome(answer if stored else None, outcome)
+            ).inc()
             if outcome.token is not None:
                 await steps.record(self.ctx, "POST", batch.endpoint, outcome)
 
@@ -239,8 +246,32 @@ class BatchRunner:
         self._stop_waiting(batch.id)
         collector = Collector()
         headers = [(b"content-type", b"application/json")]
-        await steps.relay(ctx, admission, grant, batch.endpoint, b"", headers, collector.send, outcome)
+        relay = asyncio.ensure_future(
+            steps.relay(ctx, admission, grant, batch.endpoint, b"", headers, collector.send, outcome)
+        )
+        await self._unless_preempted(relay, grant.lease_id)
         return collector.status, collector.body
+
+    async def _unless_preempted(self, relay: asyncio.Future, lease_id: str) -> None:
+        """Await the line's relay; if its replica ends the lease first, abort the relay (vLLM drops the
+        sequence when the connection closes) and raise LinePreempted."""
+        preempted = False
+
+        def preempt() -> None:
+            nonlocal preempted
+            preempted = True
+            relay.cancel()
+
+        self.ctx.dispatcher.when_preempted(lease_id, preempt)
+        try:
+            await relay
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if preempted and not (task is not None and task.cancelling()):
+                raise LinePreempted() from None
+            raise
+        finally:
+            self.ctx.dispatcher.when_preempted(lease_id, None)
 
     def _line_done(self, key: tuple[str, int], _task: asyncio.Task) -> None:
         self._running.pop(key, None)
@@ -250,3 +281,10 @@ class BatchRunner:
         next poll (the feed follows free capacity, not the poll interval)."""
         self._waiting[batch_id] = max(0, self._waiting.get(batch_id, 1) - 1)
         self._wakeup.set()
+
+
+def _line_outcome(stored: tuple[int, bytes] | None, outcome: Outcome) -> str:
+    """The batch_lines metric's outcome of one run of a line: its stored answer's, else why it waits again."""
+    if stored is None:
+        return "preempted" if outcome.reason == "preempted" else "requeued"
+    return "failed" if stored[0] >= 400 else "completed"

@@ -284,3 +284,58 @@ def test_an_expired_batch_keeps_finished_lines_and_reports_the_rest_as_expired(s
     assert len(finished) >= 2 and len(finished) + len(expired) == 30  # every line reported once
     assert all(e["response"] is None for e in expired)
     s.wait_idle(timeout=10)
+
+
+@pytest.mark.parametrize("preempt", [True, False], ids=["preempting", "not-preempting"])
+def test_an_interactive_request_waiting_on_a_replica_full_of_batch_lines_ends_one_and_the_line_runs_again(
+    stack_factory, preempt
+):
+    s = stack_factory(batch_poll_interval_s=0.02, batch_max_waiting=1, preempt_after_s=0.05)
+    sim = s.add_sim(model=MODEL, itl_base=0.02, max_num_seqs=2)
+    consumer = s.add_consumer(MODEL, sim, max_concurrency=2, preempt_batch=preempt)
+    batcher = s.create_token("nightly", priority=5, threshold=1000, batch_priority=1)
+    interactive = s.create_token("chat", priority=8, threshold=100)
+    s.wait_models({MODEL}, interactive)
+    c = client(s, batcher)
+    lines = [chat_line(f"b{i}", max_tokens=100, ignore_eos=True) for i in range(4)]  # ~2 s a line
+    f = c.files.create(file=("long.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
+    b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    deadline = time.monotonic() + 10
+    while consumer.leases.preemptible < 2:  # both slots held by batch lines
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.3)  # and the senders have heard so from a heartbeat
+    t0 = time.monotonic()
+    answer = client(s, interactive).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    took = time.monotonic() - t0
+    assert answer.choices[0].message.content
+    preempted = consumer.metrics.registry.get_sample_value(
+        "llmd_consumer_releases_total", {"model": MODEL, "replica": consumer.settings.replica_id, "reason": "preempted"}
+    )
+    if preempt:
+        assert took < 0.8, took  # not behind a 2 s line: one was ended for it
+        assert preempted == 1
+    else:
+        assert took > 1.0, took  # waited for a batch line to finish
+        assert not preempted
+    done = wait_final(c, b.id, timeout=60)
+    assert done.status == "completed" and done.request_counts.completed == 4 and done.request_counts.failed == 0
+    out = read_lines(c, done.output_file_id)
+    assert sorted(o["custom_id"] for o in out) == [f"b{i}" for i in range(4)]  # the ended line once, in full
+    assert all(o["response"]["body"]["usage"]["completion_tokens"] == 100 for o in out)
+    aborted = s.bg.call(sim_aborted(sim))
+    assert aborted == (1 if preempt else 0)  # the ended line's sequence was dropped by the engine
+    s.wait_idle(timeout=10)
+
+
+async def sim_aborted(url: str) -> float:
+    import httpx
+
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(url + "/metrics")).text
+    for line in text.splitlines():
+        if line.startswith("vllm:request_success_total{") and 'finished_reason="abort"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

@@ -27,6 +27,34 @@ def test_leases_expire_as_a_backstop():
     assert len(table) == 0
 
 
+def test_the_lease_ended_for_a_higher_ticket_is_the_lowest_priority_batch_line_granted_last():
+    now = [0.0]
+    table = LeaseTable(ttl_s=60, clock=lambda: now[0])
+    interactive = table.grant("chat", 2)
+    older = table.grant("b1", 1, preemptible=True)
+    now[0] = 1.0
+    newer = table.grant("b2", 1, preemptible=True)
+    mid = table.grant("b3", 4, preemptible=True)
+    assert table.preemptible == 3
+    assert table.victim(below_priority=8) is newer  # lowest priority first, then the least work lost
+    assert table.victim(below_priority=4) is newer  # never one of the same priority or higher
+    assert table.victim(below_priority=1) is None
+    for lease in (newer, older):
+        table.release(lease.id)
+    assert table.victim(below_priority=8) is mid
+    table.release(mid.id)
+    assert table.victim(below_priority=8) is None  # an interactive lease is never a victim
+    assert table.preemptible == 0 and len(table) == 1 and interactive.id
+
+
+def test_expiry_keeps_the_count_of_preemptible_leases():
+    now = [0.0]
+    table = LeaseTable(ttl_s=10, clock=lambda: now[0])
+    table.grant("b", 1, preemptible=True)
+    now[0] = 10.0
+    assert len(table.expire()) == 1 and table.preemptible == 0
+
+
 def test_a_request_may_lower_its_priority_but_never_raise_it():
     assert clamp_priority(None, 7) == 7
     assert clamp_priority(3, 7) == 3

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from consumer.policy import Limits, Reason, Snapshot, decide
+from consumer.policy import Limits, Reason, Snapshot, decide, preemption_helps
 
 LIMITS = Limits(max_concurrency=4, max_waiting=0, max_kv_cache_usage=0.9, min_tokens_per_second_per_user=10)
 
@@ -96,3 +98,19 @@ def test_a_reserve_not_held_lets_low_priority_fill_every_slot():
     assert decide(snap(in_flight=6, reserve_held=False), RESERVE, priority=low).admit
     assert decide(snap(in_flight=7, reserve_held=False), RESERVE, priority=low).admit
     assert decide(snap(in_flight=8, reserve_held=False), RESERVE, priority=low).reason is Reason.AT_MAX_CONCURRENCY
+
+
+def test_ending_a_lease_helps_only_when_the_slots_alone_keep_a_ticket_out():
+    full = snap(in_flight=4, running=4, tokens_per_second=200.0)
+    assert preemption_helps(full, LIMITS, priority=8)
+    assert not preemption_helps(snap(in_flight=3, running=3, tokens_per_second=200.0), LIMITS, 8)  # room already
+    assert not preemption_helps(replace(full, waiting=2), LIMITS, 8)  # the engine queues
+    assert not preemption_helps(replace(full, healthy=False), LIMITS, 8)
+    assert not preemption_helps(replace(full, draining=True), LIMITS, 8)
+
+
+def test_ending_a_lease_does_not_help_a_low_ticket_kept_out_of_the_reserve():
+    limits = Limits(max_concurrency=4, reserved_slots=1, reserved_min_priority=7)
+    full = snap(in_flight=4, running=4)
+    assert preemption_helps(full, limits, priority=8)
+    assert not preemption_helps(full, limits, priority=3)  # one slot freed is still the reserved one

@@ -20,6 +20,8 @@ from llm_dispatcher.protocol import (
     Grant,
     Heartbeat,
     MalformedMessage,
+    Preempt,
+    Preempted,
     Release,
     Releases,
     Renew,
@@ -38,6 +40,8 @@ UNVERSIONED_BODIES: dict[type, bytes] = {
     Renew: b'{"lease_ids":["l1","l2"]}',
     Releases: b'{"lease_ids":["l1","l2"],"reasons":["done","client_disconnected"]}',  # new in 4, read alike
     Cancel: b'{"ticket_ids":["t1"]}',
+    Preempt: b'{"ticket_id":"t1","priority":8}',  # new in 5, read alike
+    Preempted: b'{"lease_id":"l1","ticket_id":"t1"}',  # new in 5, read alike
     Heartbeat: (
         b'{"model":"m","replica":"r","url":"http://r:8000","ready":true,"max_concurrency":4,"in_flight":1,'
         b'"ts_ms":1700000000000,"interval_s":1.0,"max_model_len":4096,"running":1.0,"waiting":0.0,'
@@ -53,17 +57,21 @@ MINIMAL_BODIES: dict[type, bytes] = {
     Renew: b'{"lease_ids":["l1"]}',
     Releases: b'{"lease_ids":["l1"]}',
     Cancel: b'{"ticket_ids":["t1"]}',
+    Preempt: b'{"ticket_id":"t1","priority":8}',
+    Preempted: b'{"lease_id":"l1","ticket_id":"t1"}',
     Heartbeat: b'{"model":"m","replica":"r","url":"http://r:8000","ready":true,"max_concurrency":4,"in_flight":1}',
 }
 
 # The defaults this release gives the optional fields a minimal body leaves out.
 DEFAULTS: dict[type, dict[str, Any]] = {
-    Ticket: {"request_id": ""},
+    Ticket: {"request_id": "", "preemptible": False},
     Grant: {"forward_priority": False, "lease_ttl_s": 0.0},
     Release: {"status": 0, "reason": "done"},
     Renew: {},
     Releases: {"reasons": []},
     Cancel: {},
+    Preempt: {},
+    Preempted: {},
     Heartbeat: {
         "interval_s": 1.0,
         "max_model_len": None,
@@ -75,6 +83,7 @@ DEFAULTS: dict[type, dict[str, Any]] = {
         "control": "",
         "epoch": 0,
         "controls": [],
+        "preemptible": 0,
     },
 }
 
@@ -86,6 +95,8 @@ REQUIRED: dict[type, set[str]] = {
     Renew: {"lease_ids"},
     Releases: {"lease_ids"},
     Cancel: {"ticket_ids"},
+    Preempt: {"ticket_id", "priority"},
+    Preempted: {"lease_id", "ticket_id"},
     Heartbeat: {"model", "replica", "url", "ready", "max_concurrency", "in_flight"},
 }
 
