@@ -17,11 +17,14 @@ figure (output tokens/s at a full engine, prefill included) holds for both and f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
+import sqlite3
 import subprocess
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import aiohttp
 import openai
@@ -119,6 +122,7 @@ class BatchArmResult:
     output_ok: int = 0
     error_lines: int = 0
     preempted: int = 0  # batch line runs ended for an interactive request (each ran again)
+    long_waits: tuple[int, int] = (0, 0)  # interactive waits >= LONG_WAIT_S: all, and those beside a batch line
     loadavg: tuple[float, float] = (0.0, 0.0)
     cpu: dict[str, float] = field(default_factory=dict)  # cores used on average per process, over the arm
 
@@ -245,6 +249,7 @@ def run_dispatcher_arm(
                     res.batch_status = b.status
                     await _read_output(client, b, res)
                     res.preempted = await _preempted_lines(stack.metrics_url)
+                    res.long_waits = long_waits(stack.env["LLMD_DATABASE_URL"], cls.llmd_priority)
                 res.records = await load
                 await asyncio.sleep(1.0)  # one more second of samples after the last event
             finally:
@@ -270,6 +275,29 @@ async def _read_output(client: openai.AsyncOpenAI, b, res: BatchArmResult) -> No
         res.output_ok = sum((x.get("response") or {}).get("status_code") == 200 for x in out)
     if b.error_file_id:
         res.error_lines = len((await client.files.content(b.error_file_id)).content.splitlines())
+
+
+LONG_WAIT_S = 0.3  # an interactive queue wait this long is looked at: was a batch line holding a slot?
+ASK_AT_S = 0.06  # ... at the moment its sender asked for room (LLMD_PREEMPT_AFTER_S, 0.05 s, and a bit)
+
+
+def long_waits(database_url: str, interactive_priority: int) -> tuple[int, int]:
+    """From the sender's usage rows: interactive requests that waited >= LONG_WAIT_S for a grant, and how
+    many of them had a batch line holding a slot ASK_AT_S into the wait (one a preemption could free).
+    A row's request ran from created_at - total_s; it held its slot from the end of its queue wait."""
+    path = database_url.split("///", 1)[1]
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = db.execute("SELECT created_at, priority, queue_wait_s, total_s, replica FROM usage").fetchall()
+    held, waits = [], []
+    for created, priority, queue_wait, total, replica in rows:
+        end = datetime.fromisoformat(created).timestamp()
+        start = end - (total or 0.0)
+        if replica and priority < interactive_priority:
+            held.append((start + (queue_wait or 0.0), end))
+        if priority == interactive_priority and (queue_wait or 0.0) >= LONG_WAIT_S:
+            waits.append(start + ASK_AT_S)
+    beside = sum(any(g <= t < e for g, e in held) for t in waits)
+    return len(waits), beside
 
 
 async def _preempted_lines(sender_metrics: str) -> int:
@@ -375,7 +403,9 @@ def _report(
         f"- batch lines ended for an interactive request and run again: {both.preempted} "
         f"({both.preempted / max(1, o.lines):.1%} of the lines; the work lost is at most "
         f"{both.preempted * o.max_tokens[1]:,} output tokens, "
-        f"{both.preempted * o.max_tokens[1] / max(1.0, busy * (done - WARMUP_S)):.1%} of the engine's)",
+        f"{both.preempted * o.max_tokens[1] / max(1.0, busy * (done - WARMUP_S)):.1%} of the engine's); "
+        f"interactive requests that waited >= {LONG_WAIT_S:g} s for a replica: {both.long_waits[0]}, of them "
+        f"{both.long_waits[1]} while a batch line held a slot {ASK_AT_S * 1000:.0f} ms into the wait",
         f"- load average {alone.loadavg[0]:.1f}→{alone.loadavg[1]:.1f} (alone), "
         f"{both.loadavg[0]:.1f}→{both.loadavg[1]:.1f} (with the batch); cores used (simulator / consumer / "
         f"sender): {' / '.join(f'{v:.2f}' for v in alone.cpu.values())} alone, "

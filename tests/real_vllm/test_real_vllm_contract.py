@@ -9,7 +9,9 @@ Generations stay short (max_tokens <= 16): the real engine does about 12 tokens/
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -517,6 +519,33 @@ async def test_metrics_names_and_labels(http: httpx.AsyncClient, upstream: Upstr
         _value(samples, h + "_count", **want)
     kv = _value(samples, "vllm:kv_cache_usage_perc", **want)
     assert 0.0 <= kv <= 1.0
+
+
+async def test_a_non_streamed_request_is_dropped_by_the_engine_when_its_client_hangs_up(
+    http: httpx.AsyncClient, upstream: Upstream
+) -> None:
+    # What ending a batch line for a higher-priority request relies on: the sender closes the
+    # connection of a non-streamed request, and the engine frees its sequence at once instead of
+    # generating to max_tokens (~2.5 min on the CPU build, ~4 s on the test simulator).
+    want = {"engine": "0", "model_name": upstream.model}
+    payload = {"model": upstream.model, "messages": _messages(), "max_tokens": 1900, "ignore_eos": True}
+
+    async def running() -> float:
+        return _value(_samples((await http.get("/metrics")).text), "vllm:num_requests_running", **want)
+
+    before = await running()
+    async with httpx.AsyncClient(base_url=upstream.url, timeout=300) as own:
+        request = asyncio.create_task(own.post("/v1/chat/completions", json=payload))
+        deadline = time.monotonic() + 30
+        while await running() < before + 1:
+            assert time.monotonic() < deadline, "the request never ran"
+            await asyncio.sleep(0.05)
+        request.cancel()
+        await asyncio.gather(request, return_exceptions=True)
+    hung_up = time.monotonic()
+    while await running() > before:
+        assert time.monotonic() - hung_up < 1.5, "the sequence kept running after its client hung up"
+        await asyncio.sleep(0.05)
 
 
 async def test_metrics_count_generated_tokens(http: httpx.AsyncClient, upstream: Upstream) -> None:
