@@ -286,16 +286,26 @@ def test_an_expired_batch_keeps_finished_lines_and_reports_the_rest_as_expired(s
     s.wait_idle(timeout=10)
 
 
-@pytest.mark.parametrize("preempt", [True, False], ids=["preempting", "not-preempting"])
+@pytest.mark.parametrize(
+    ("preempt", "via_other_sender"),
+    [(True, False), (True, True), (False, False)],
+    ids=["preempting", "preempting-for-another-sender", "not-preempting"],
+)
 def test_an_interactive_request_waiting_on_a_replica_full_of_batch_lines_ends_one_and_the_line_runs_again(
-    stack_factory, preempt
+    stack_factory, preempt, via_other_sender
 ):
     s = stack_factory(batch_poll_interval_s=0.02, batch_max_waiting=1, preempt_after_s=0.05)
+    # The interactive request through this sender or through a second one that runs no batch: the
+    # line's own sender hears that its lease was ended, whichever sender asked.
+    chat_stack = (
+        stack_factory(database_url=s.database_url, batch_runner=False, preempt_after_s=0.05) if via_other_sender else s
+    )
     sim = s.add_sim(model=MODEL, itl_base=0.02, max_num_seqs=2)
     consumer = s.add_consumer(MODEL, sim, max_concurrency=2, preempt_batch=preempt)
     batcher = s.create_token("nightly", priority=5, threshold=1000, batch_priority=1)
     interactive = s.create_token("chat", priority=8, threshold=100)
     s.wait_models({MODEL}, interactive)
+    chat_stack.wait_models({MODEL}, interactive)
     c = client(s, batcher)
     lines = [chat_line(f"b{i}", max_tokens=100, ignore_eos=True) for i in range(4)]  # ~2 s a line
     f = c.files.create(file=("long.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
@@ -306,7 +316,7 @@ def test_an_interactive_request_waiting_on_a_replica_full_of_batch_lines_ends_on
         time.sleep(0.01)
     time.sleep(0.3)  # and the senders have heard so from a heartbeat
     t0 = time.monotonic()
-    answer = client(s, interactive).chat.completions.create(
+    answer = client(chat_stack, interactive).chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2
     )
     took = time.monotonic() - t0
