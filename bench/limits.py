@@ -5,9 +5,10 @@
    load at ~2x its rpm spread round-robin over the 4 senders for `--duration` s. From every request's
    client-side start and end: the most requests admitted in any 60 s window (vs rpm), the most
    admitted requests at once (vs max parallel), the most tokens used in any 60 s window (vs tpm).
-2. **Hot-path cost**: one sender, a zero-delay simulator, a closed loop at concurrency 1 of short
-   non-streaming requests, alternating rounds of an unlimited token, a limited token on the in-process
-   store and a limited token on Redis (limits far above the load); medians of the rounds' p50.
+2. **Hot-path cost**: two senders (in-process store; Redis store), a zero-delay simulator, a closed
+   loop at concurrency 1 of short non-streaming requests taking four arms in turn, request by request:
+   on each sender an unlimited token and a limited one (limits far above the load); each limited arm's
+   median p50 of the rounds against the unlimited arm on its own sender.
 3. **Call cost**: one admit + release of a limited key in this process, per store (a full window).
 
     .venv/bin/python bench/limits.py [--duration 75] [--rounds 5] [--round-s 5]
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -136,23 +138,32 @@ def overshoot(args: argparse.Namespace, workdir: str) -> None:
     print(f"\n{len(calls)} requests: {len(ok)} served, {refused} refused with 429, {other} other")
 
 
-async def closed_loop(url: str, token: str, seconds: float) -> float:
-    """p50 latency (ms) of back-to-back requests for `seconds`."""
+async def interleaved_loop(arms: dict[str, tuple[str, str]], seconds: float) -> dict[str, list[float]]:
+    """Back-to-back requests for `seconds`, one at a time, taking the arms in turn (so every arm sees
+    the same machine at the same moments), in a new random order each turn (so no arm always follows
+    the same one, whose aftermath it would pay for): each arm's latencies (ms)."""
     body = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
-    headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
-    lat: list[float] = []
+    lat: dict[str, list[float]] = {name: [] for name in arms}
+    order = list(arms)
+    rng = random.Random(1)
     async with aiohttp.ClientSession() as session:
         end = time.perf_counter() + seconds
         while time.perf_counter() < end:
-            t = time.perf_counter()
-            async with session.post(url + "/v1/chat/completions", data=body, headers=headers) as r:
-                await r.read()
-                assert r.status == 200, r.status
-            lat.append((time.perf_counter() - t) * 1000)
-    return statistics.median(lat)
+            rng.shuffle(order)
+            for name in order:
+                url, token = arms[name]
+                headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+                t = time.perf_counter()
+                async with session.post(url + "/v1/chat/completions", data=body, headers=headers) as r:
+                    await r.read()
+                    assert r.status == 200, r.status
+                lat[name].append((time.perf_counter() - t) * 1000)
+    return lat
 
 
 def hot_path(args: argparse.Namespace, workdir: str) -> None:
+    """Each store's arm against an unlimited token on the same sender process, the four arms taken in
+    turn request by request: added p50 = the limited arm's p50 less its own sender's unlimited p50."""
     stack = ProcessStack(workdir)
     try:
         sim = stack.start_sim(["--max-num-seqs", "64"])
@@ -162,27 +173,30 @@ def hot_path(args: argparse.Namespace, workdir: str) -> None:
         stack.start_sender(LLMD_LIMITS_REDIS_URL=REDIS_URL)
         redis_url = stack.url
         high = ("--rpm", "1000000", "--tpm", "1000000000", "--max-parallel", "1000")
+        free = limit_token(stack, "free")
         arms = {
-            "no limit": (memory_url, limit_token(stack, "free")),
-            "limited, in-process store": (memory_url, limit_token(stack, "mem", *high)),
-            "limited, Redis store": (redis_url, limit_token(stack, "redis", *high)),
+            "in-process store: no limit": (memory_url, free),
+            "in-process store: limited": (memory_url, limit_token(stack, "mem", *high)),
+            "Redis store: no limit": (redis_url, free),
+            "Redis store: limited": (redis_url, limit_token(stack, "redis", *high)),
         }
-        stack.wait_live(arms["no limit"][1])
-        for url, token in arms.values():
-            asyncio.run(closed_loop(url, token, 1.0))  # warm-up
+        stack.wait_live(free)
+        asyncio.run(interleaved_loop(arms, 2.0))  # warm-up
         p50: dict[str, list[float]] = {name: [] for name in arms}
         for _ in range(args.rounds):
-            for name, (url, token) in arms.items():
-                p50[name].append(asyncio.run(closed_loop(url, token, args.round_s)))
+            for name, values in asyncio.run(interleaved_loop(arms, args.round_s)).items():
+                p50[name].append(statistics.median(values))
     finally:
         stack.stop()
-    base = statistics.median(p50["no limit"])
-    print(f"\n### Hot-path cost of the limits: closed loop at concurrency 1, medians of {args.rounds} rounds\n")
-    print("| arm | p50 | added p50 |")
+    title = f"Hot-path cost of the limits: closed loop at concurrency 1, arms in turn, medians of {args.rounds} rounds"
+    print(f"\n### {title}\n")
+    print("| arm | p50 | added p50 (against no limit on the same sender) |")
     print("|---|---:|---:|")
-    for name, values in p50.items():
-        m = statistics.median(values)
-        print(f"| {name} | {m:.3f} ms | {m - base:+.3f} ms |")
+    for store in ("in-process store", "Redis store"):
+        base = statistics.median(p50[f"{store}: no limit"])
+        limited = statistics.median(p50[f"{store}: limited"])
+        print(f"| {store}: no limit | {base:.3f} ms | — |")
+        print(f"| {store}: limited | {limited:.3f} ms | {limited - base:+.3f} ms |")
 
 
 async def store_cost(store, n: int) -> tuple[float, float]:

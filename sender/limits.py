@@ -110,6 +110,7 @@ class Hold:
 
 
 class LimitStore(Protocol):
+    def likely_admitted(self, key: str, limits: KeyLimits, estimate: int) -> bool: ...
     async def admit(self, key: str, limits: KeyLimits, estimate: int) -> Hold | Refusal: ...
     async def release(self, hold: Hold, tokens: int | None) -> None: ...
     async def close(self) -> None: ...
@@ -129,6 +130,23 @@ def decide(limits: KeyLimits, parallel: int, requests: int, tokens: int, estimat
     return None
 
 
+ROOM_SHARE = 0.1  # a key with this share of every limit left (and room for two such requests) is far from them
+
+
+def far_from_limits(usage: Usage, estimate: int) -> bool:
+    """Does `usage` (a key's last decision) leave so much room that one more request of `estimate`
+    tokens is all but sure to be admitted: a tenth of each limit left, and room for two such requests?"""
+    lim = usage.limits
+    for limit, used, need in (
+        (lim.max_parallel, usage.parallel, 1),
+        (lim.rpm, usage.requests, 1),
+        (lim.tpm, usage.tokens, estimate),
+    ):
+        if limit is not None and limit - used < max(2 * need, ROOM_SHARE * limit):
+            return False
+    return True
+
+
 # -- in the process (one sender) -------------------------------------------------------------------
 @dataclass(slots=True)
 class _KeyState:
@@ -144,6 +162,9 @@ class MemoryLimits:
     def __init__(self, clock: Callable[[], float] = time.time):
         self._clock = clock
         self._keys: dict[str, _KeyState] = {}
+
+    def likely_admitted(self, key: str, limits: KeyLimits, estimate: int) -> bool:
+        return False  # a decision here takes microseconds: always taken before the ticket
 
     def _state(self, key: str, now: float) -> _KeyState:
         st = self._keys.setdefault(key, _KeyState())
@@ -257,6 +278,10 @@ return 1
 """
 
 
+SEEN_S = 1.0  # how long a key's last decision tells whether the next may run beside its ticket's wait
+SEEN_KEYS = 10_000  # keys remembered so (all forgotten at once beyond: a cache, not state)
+
+
 class RedisLimits:
     """Shared by every sender through one Redis; one round trip per decision, one per release."""
 
@@ -271,6 +296,24 @@ class RedisLimits:
         self._renew = self._redis.register_script(_RENEW)
         self._held: dict[str, Hold] = {}
         self._renewer: asyncio.Task[None] | None = None
+        self._seen: dict[str, tuple[float, Usage]] = {}  # key -> its last decision here (monotonic time)
+
+    def likely_admitted(self, key: str, limits: KeyLimits, estimate: int) -> bool:
+        """Was the key far from its limits at its decision here within the last SEEN_S? Then the
+        decision (a round trip to Redis) may run while the ticket waits: it still comes before the
+        relay, so the limits stay exact; a refusal only costs the grant it releases."""
+        seen = self._seen.get(key)
+        return (
+            seen is not None
+            and time.monotonic() - seen[0] < SEEN_S
+            and seen[1].limits == limits
+            and far_from_limits(seen[1], estimate)
+        )
+
+    def _saw(self, key: str, usage: Usage) -> None:
+        if len(self._seen) >= SEEN_KEYS:
+            self._seen.clear()
+        self._seen[key] = (time.monotonic(), usage)
 
     def _keys(self, key: str) -> list[str]:
         base = f"{self._prefix}:limits:{{{key}}}"  # one hash slot per key (Redis Cluster)
@@ -294,6 +337,7 @@ class RedisLimits:
             tokens_reset_s=max(0.0, (int(oldest_tok) + window_ms - now_ms) / 1000),
         )
         hit = hit.decode() if isinstance(hit, bytes) else hit
+        self._saw(key, usage)
         if hit:
             return _refusal(hit, limits, usage)
         hold = Hold(key, limits, hold_id, estimate, now_ms / 1000, usage)

@@ -11,6 +11,7 @@ Every step fills the request's `Outcome`; `record` reads only that.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -79,6 +80,7 @@ class Outcome:
     grant: Grant | None = None
     share: Share | None = None  # its place in the band's fair share, from dispatch on
     holds: list[Hold] = field(default_factory=list)  # its places in its key's limits, from admit on
+    holding: asyncio.Future[None] | None = None  # the limits' decision, when it runs beside the queue wait
     end_user: str | None = None
     delivered: bool = False  # a stream relayed up to its `data: [DONE]`: the client has its whole answer
     queue_depth: int | None = None
@@ -163,9 +165,31 @@ def key_limits(token: TokenRecord, user: str | None) -> list[tuple[str, KeyLimit
 
 async def hold_limits(ctx: SenderContext, admission: Admission, outcome: Outcome) -> None:
     """Count the request in each of its keys' limits, or refuse it (429) with the one it would pass;
-    a refused request is counted in none."""
+    a refused request is counted in none. When the store is a remote one and every key was far from
+    its limits at its last decision here, the decision runs while the ticket waits (`limits_decided`
+    awaits it before the relay, so the limits hold exactly; a refusal then releases its grant)."""
+    keys = key_limits(admission.token, outcome.end_user)
+    if not keys:
+        return
     cost = estimated_cost(admission.body, admission.payload)
-    for key, limits in key_limits(admission.token, outcome.end_user):
+    if all(ctx.limits.likely_admitted(key, limits, cost) for key, limits in keys):
+        outcome.holding = asyncio.ensure_future(take_holds(ctx, admission, outcome, keys, cost))
+    else:
+        await take_holds(ctx, admission, outcome, keys, cost)
+
+
+async def limits_decided(outcome: Outcome) -> None:
+    """The decision `hold_limits` left to run beside the queue wait, if it did: raises its 429. A client
+    that leaves meanwhile does not cut it short (shielded): `record` waits for it, then releases its holds."""
+    if outcome.holding is not None:
+        await asyncio.shield(outcome.holding)
+        outcome.holding = None
+
+
+async def take_holds(
+    ctx: SenderContext, admission: Admission, outcome: Outcome, keys: list[tuple[str, KeyLimits]], cost: int
+) -> None:
+    for key, limits in keys:
         result = await ctx.limits.admit(key, limits, cost)
         if isinstance(result, Refusal):
             await release_limits(ctx, outcome, 0)
@@ -239,6 +263,7 @@ async def dispatch(ctx: SenderContext, admission: Admission, outcome: Outcome, *
     ctx.metrics.in_flight.labels(admission.model).inc()
     outcome.queue_wait_s = time.perf_counter() - outcome.started
     ctx.metrics.queue_wait.labels(admission.model, str(admission.priority)).observe(outcome.queue_wait_s)
+    await limits_decided(outcome)  # a 429 after all: `record` releases the grant
     return grant
 
 
@@ -342,6 +367,9 @@ async def record(ctx: SenderContext, method: str, path: str, outcome: Outcome) -
     grant, m = outcome.grant, ctx.metrics
     if outcome.share is not None:
         ctx.fairness.leave(outcome.share)
+    if outcome.holding is not None:  # the request ended while its limits were being decided
+        with contextlib.suppress(Exception):
+            await limits_decided(outcome)
     if outcome.holds:
         await release_limits(ctx, outcome, used_tokens(outcome))
     if grant is not None:

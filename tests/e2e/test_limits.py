@@ -105,3 +105,44 @@ def test_four_senders_on_one_redis_never_pass_a_keys_rpm(stack_factory, tmp_path
     assert statuses.count(200) == 20 and statuses.count(429) == 40
     for s in senders:
         s.wait_idle()
+
+
+def test_a_decision_run_beside_the_queue_wait_still_refuses_exactly_and_frees_its_grant(
+    stack_factory, tmp_path
+) -> None:
+    database_url = f"sqlite+aiosqlite:///{tmp_path}/shared.db"
+    a, b = (stack_factory(database_url=database_url, limits_redis_url=REDIS_URL) for _ in range(2))
+    sim = a.add_sim(model=MODEL)
+    consumer = a.add_consumer(MODEL, sim)
+    token = a.create_token("shared", rpm=20)
+    a.wait_models({MODEL}, token)
+    b.wait_models({MODEL}, token)
+    headers = {"authorization": f"Bearer {token}"}
+    for _ in range(18):  # sender a's last decision: 2 of 20 left, far enough to decide beside the wait
+        assert httpx.post(a.base_url + "/chat/completions", json=chat(), headers=headers).status_code == 200
+    for _ in range(2):  # the other sender takes them
+        assert httpx.post(b.base_url + "/chat/completions", json=chat(), headers=headers).status_code == 200
+    grants = consumer.metrics.registry.get_sample_value(
+        "llmd_consumer_grants_total", {"model": MODEL, "replica": consumer.settings.replica_id}
+    )
+    r = httpx.post(a.base_url + "/chat/completions", json=chat(), headers=headers)
+    assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
+    assert r.headers["x-ratelimit-remaining-requests"] == "0" and r.headers["retry-after"]
+    after = consumer.metrics.registry.get_sample_value(
+        "llmd_consumer_grants_total", {"model": MODEL, "replica": consumer.settings.replica_id}
+    )
+    assert after == grants + 1  # its ticket went out beside the decision and was granted ...
+    a.wait_idle()  # ... and that grant was released without reaching vLLM
+    assert httpx.post(a.base_url + "/chat/completions", json=chat(), headers=headers).status_code == 429  # before
+    assert (
+        consumer.metrics.registry.get_sample_value(
+            "llmd_consumer_grants_total", {"model": MODEL, "replica": consumer.settings.replica_id}
+        )
+        == after
+    )  # the ticket now: a refusal was the last decision seen
+    served = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in httpx.get(sim + "/metrics").text.splitlines()
+        if line.startswith("vllm:request_success_total{")
+    )
+    assert served == 20  # the limit, exactly

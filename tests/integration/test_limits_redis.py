@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from sender.limits import Hold, KeyLimits, RedisLimits, Refusal
+from sender.limits import Hold, KeyLimits, MemoryLimits, RedisLimits, Refusal
 
 REDIS_URL = os.environ.get("LLMD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -87,3 +87,28 @@ async def test_tpm_replaces_the_estimate_with_the_exact_count(senders) -> None:
     refused = await a.admit("team", lim, 1)
     assert isinstance(refused, Refusal) and refused.what == "tokens" and refused.used == 1050
     assert dict(refused.usage.headers())[b"x-ratelimit-remaining-tokens"] == b"0"
+
+
+async def test_only_a_key_seen_far_from_its_limits_lately_is_decided_beside_its_queue_wait(
+    senders, monkeypatch
+) -> None:
+    import sender.limits as limits_module
+
+    store = senders()
+    lim = KeyLimits(rpm=10)
+    assert not store.likely_admitted("k", lim, 1)  # never decided here: decided before the ticket
+    for _ in range(7):
+        assert isinstance(await store.admit("k", lim, 1), Hold)
+    assert store.likely_admitted("k", lim, 1)  # 3 of 10 left
+    assert not store.likely_admitted("k", KeyLimits(rpm=5), 1)  # its limits changed since
+    for _ in range(2):
+        assert isinstance(await store.admit("k", lim, 1), Hold)
+    assert not store.likely_admitted("k", lim, 1)  # 1 left: no room for two
+    for _ in range(2):
+        await store.admit("k", lim, 1)
+    assert not store.likely_admitted("k", lim, 1)  # refused last
+    await store.admit("other", lim, 1)
+    assert store.likely_admitted("other", lim, 1)
+    monkeypatch.setattr(limits_module, "SEEN_S", 0.0)
+    assert not store.likely_admitted("other", lim, 1)  # that decision is too old to tell
+    assert not MemoryLimits().likely_admitted("other", lim, 1)  # in the process: always before the ticket

@@ -114,3 +114,17 @@ def test_headers_report_the_rpm_and_tpm_trios() -> None:
         b"x-ratelimit-reset-tokens": b"1m30s",
     }
     assert Usage(KeyLimits(max_parallel=3)).headers() == [], "max parallel has no OpenAI header"
+
+
+def test_a_key_is_far_from_its_limits_with_a_tenth_of_each_left_and_room_for_two_requests():
+    from sender.limits import Usage, far_from_limits
+
+    lim = KeyLimits(max_parallel=10, rpm=100, tpm=10_000)
+    assert far_from_limits(Usage(lim, parallel=8, requests=90, tokens=9_000), estimate=500)
+    assert not far_from_limits(Usage(lim, parallel=9, requests=10, tokens=0), estimate=10)  # 1 slot left
+    assert not far_from_limits(Usage(lim, parallel=0, requests=91, tokens=0), estimate=10)  # 9 % of the rpm
+    assert not far_from_limits(Usage(lim, parallel=0, requests=0, tokens=9_100), estimate=10)
+    assert not far_from_limits(Usage(lim, parallel=0, requests=0, tokens=8_000), estimate=1_500)  # not two more
+    assert far_from_limits(Usage(KeyLimits(rpm=3), requests=1), estimate=10)  # 2 left of 3: room for two
+    assert not far_from_limits(Usage(KeyLimits(rpm=3), requests=2), estimate=10)
+    assert far_from_limits(Usage(KeyLimits()), estimate=10**9)  # nothing limited
