@@ -39,6 +39,9 @@ class LeaseTable:
             self.preemptible += 1
         return lease
 
+    def holds_ticket(self, ticket_id: str) -> bool:
+        return any(lease.ticket_id == ticket_id for lease in self._leases.values())
+
     def victim(self, below_priority: int) -> Lease | None:
         """The lease to end for a ticket of `below_priority`: the preemptible one of a lower priority
         granted last (the least work lost), lowest priority first; None when there is none."""

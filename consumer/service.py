@@ -414,6 +414,8 @@ class Consumer:
             return
         if request.ticket_id in self._cancelled or not preemption_helps(self.snapshot(), self.limits, request.priority):
             return
+        if self.leases.holds_ticket(request.ticket_id):
+            return  # granted here while the ask was on its way
         victim = self.leases.victim(request.priority)
         if victim is None:
             return

@@ -84,6 +84,7 @@ class Dispatcher:
         self._depth_seen: dict[str, tuple[float, int, int]] = {}
         self._held: dict[str, tuple[Grant, int]] = {}  # lease id -> grant and its node, while proxied
         self._preemptions: dict[str, Callable[[], None]] = {}  # lease id -> what aborts its batch line
+        self._preempted_early: dict[str, None] = {}  # ended before its line said how to abort it (bounded)
         self._preemptible: dict[str, set[str]] = {}  # model -> consumers (URL) holding batch lines, by heartbeat
         self._renewed: dict[str, float] = {}  # lease id -> when it was granted or last renewed
         self._renew_period = 1.0  # at most a sixth of the shortest lease TTL seen
@@ -394,18 +395,27 @@ class Dispatcher:
             )
 
     def when_preempted(self, lease_id: str, abort: Callable[[], None] | None) -> None:
-        """Call `abort` if the replica ends this (batch line's) lease for a higher-priority request;
-        None: no longer."""
+        """Call `abort` if the replica ends this (batch line's) lease for a higher-priority request, at
+        once if it did so already (the notice may come right after the grant); None: no longer."""
         if abort is None:
             self._preemptions.pop(lease_id, None)
+        elif lease_id in self._preempted_early:
+            del self._preempted_early[lease_id]
+            abort()
         else:
             self._preemptions[lease_id] = abort
 
     def _on_preempted(self, body: bytes) -> None:
         notice = amqp.decode(Preempted, body, "preempted")
-        abort = self._preemptions.pop(notice.lease_id, None) if notice is not None else None
+        if notice is None:
+            return
+        abort = self._preemptions.pop(notice.lease_id, None)
         if abort is not None:
             abort()
+        elif notice.lease_id in self._held:  # granted, its line not relaying yet: it aborts when it starts
+            if len(self._preempted_early) >= 10_000:
+                self._preempted_early.clear()
+            self._preempted_early[notice.lease_id] = None
 
     def _abandon(self, waiter: Waiter) -> None:
         """Tell every consumer to drop this ticket if they see it (fire and forget)."""
@@ -448,6 +458,7 @@ class Dispatcher:
 
     async def release(self, grant: Grant, status: int, reason: str) -> None:
         held = self._held.pop(grant.lease_id, None)
+        self._preempted_early.pop(grant.lease_id, None)
         await self.releases.send(grant, held[1] if held else 0, status, reason)
 
     def _route(self, grant: Grant, node: int) -> tuple[Node, str] | None:

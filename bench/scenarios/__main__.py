@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         "--batch-poll", type=float, default=b.poll_interval_s, help="scenario 6: the sender's poll interval"
     )
     ap.add_argument("--batch-max-waiting", type=int, default=b.max_waiting, help="scenario 6: LLMD_BATCH_MAX_WAITING")
+    ap.add_argument(
+        "--batch-preempt-after", type=float, default=b.preempt_after_s, help="scenario 6: LLMD_PREEMPT_AFTER_S"
+    )
     ap.add_argument("--batch-real-url", default="", help="scenario 6: a real vLLM's URL instead of the simulator")
     ap.add_argument("--batch-saturation-clients", type=int, default=b.saturation_clients,
                     help="scenario 6: closed-loop clients of the saturation arm")  # fmt: skip
@@ -98,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             rate=args.batch_rate,
             poll_interval_s=args.batch_poll,
             max_waiting=args.batch_max_waiting,
+            preempt_after_s=args.batch_preempt_after,
             real_url=args.batch_real_url,
             saturation_clients=args.batch_saturation_clients,
         ),

@@ -48,6 +48,7 @@ class BatchOptions:
     rate: float = 1.8  # interactive requests/s: ~60 % of the replica's capacity
     poll_interval_s: float = 0.05  # the sender's LLMD_BATCH_POLL_INTERVAL_S
     max_waiting: int = 2  # the sender's LLMD_BATCH_MAX_WAITING
+    preempt_after_s: float = 0.05  # the sender's LLMD_PREEMPT_AFTER_S
     saturation_s: float = 20.0
     timeout_s: float = 480.0  # give up waiting for the batch after this long
     interactive_threshold: int = 5
@@ -204,6 +205,7 @@ def run_dispatcher_arm(
             **SENDER,
             LLMD_BATCH_POLL_INTERVAL_S=str(o.poll_interval_s),
             LLMD_BATCH_MAX_WAITING=str(o.max_waiting),
+            LLMD_PREEMPT_AFTER_S=str(o.preempt_after_s),
         )
         cls = interactive_class(o)
         cls.token = stack.token(f"interactive-{seed}", cls.llmd_priority, cls.threshold)
@@ -249,7 +251,8 @@ def run_dispatcher_arm(
                     res.batch_status = b.status
                     await _read_output(client, b, res)
                     res.preempted = await _preempted_lines(stack.metrics_url)
-                    res.long_waits = long_waits(stack.env["LLMD_DATABASE_URL"], cls.llmd_priority)
+                    ask_at = o.preempt_after_s + ASKED_S
+                    res.long_waits = long_waits(stack.env["LLMD_DATABASE_URL"], cls.llmd_priority, ask_at)
                 res.records = await load
                 await asyncio.sleep(1.0)  # one more second of samples after the last event
             finally:
@@ -278,12 +281,12 @@ async def _read_output(client: openai.AsyncOpenAI, b, res: BatchArmResult) -> No
 
 
 LONG_WAIT_S = 0.3  # an interactive queue wait this long is looked at: was a batch line holding a slot?
-ASK_AT_S = 0.06  # ... at the moment its sender asked for room (LLMD_PREEMPT_AFTER_S, 0.05 s, and a bit)
+ASKED_S = 0.01  # ... at the moment its sender asked for room (LLMD_PREEMPT_AFTER_S), and this much later
 
 
-def long_waits(database_url: str, interactive_priority: int) -> tuple[int, int]:
+def long_waits(database_url: str, interactive_priority: int, ask_at_s: float) -> tuple[int, int]:
     """From the sender's usage rows: interactive requests that waited >= LONG_WAIT_S for a grant, and how
-    many of them had a batch line holding a slot ASK_AT_S into the wait (one a preemption could free).
+    many of them had a batch line holding a slot `ask_at_s` into the wait (one a preemption could free).
     A row's request ran from created_at - total_s; it held its slot from the end of its queue wait."""
     path = database_url.split("///", 1)[1]
     with contextlib.closing(sqlite3.connect(path)) as db:
@@ -295,7 +298,7 @@ def long_waits(database_url: str, interactive_priority: int) -> tuple[int, int]:
         if replica and priority < interactive_priority:
             held.append((start + (queue_wait or 0.0), end))
         if priority == interactive_priority and (queue_wait or 0.0) >= LONG_WAIT_S:
-            waits.append(start + ASK_AT_S)
+            waits.append(start + ask_at_s)
     beside = sum(any(g <= t < e for g, e in held) for t in waits)
     return len(waits), beside
 
@@ -405,7 +408,8 @@ def _report(
         f"{both.preempted * o.max_tokens[1]:,} output tokens, "
         f"{both.preempted * o.max_tokens[1] / max(1.0, busy * (done - WARMUP_S)):.1%} of the engine's); "
         f"interactive requests that waited >= {LONG_WAIT_S:g} s for a replica: {both.long_waits[0]}, of them "
-        f"{both.long_waits[1]} while a batch line held a slot {ASK_AT_S * 1000:.0f} ms into the wait",
+        f"{both.long_waits[1]} while a batch line held a slot {(o.preempt_after_s + ASKED_S) * 1000:.0f} ms into "
+        "the wait",
         f"- load average {alone.loadavg[0]:.1f}→{alone.loadavg[1]:.1f} (alone), "
         f"{both.loadavg[0]:.1f}→{both.loadavg[1]:.1f} (with the batch); cores used (simulator / consumer / "
         f"sender): {' / '.join(f'{v:.2f}' for v in alone.cpu.values())} alone, "
