@@ -30,6 +30,9 @@ def available() -> bool:
     return shutil.which("rabbitmq-server") is not None
 
 
+START_ATTEMPTS = 3
+
+
 class PrivateBroker:
     def __init__(self, port: int | None = None, start_timeout_s: float = 90.0):
         self.port = port or free_port()
@@ -61,6 +64,24 @@ class PrivateBroker:
         }
 
     def start(self) -> PrivateBroker:
+        """Boot the node (the same data and AMQP port each time). A node that exits while booting is
+        booted again, up to START_ATTEMPTS times, on a new distribution port (the old one may have been
+        taken since it was chosen; clients never see that port)."""
+        for attempt in range(START_ATTEMPTS):
+            exit_code = self._boot()
+            if exit_code is None:
+                break
+            if attempt == START_ATTEMPTS - 1:
+                log = (self.dir / "server.log").read_text(errors="replace")[-1500:]
+                raise RuntimeError(f"rabbitmq-server exited ({exit_code}) {START_ATTEMPTS} times; its log ends:\n{log}")
+            self.dist_port = free_port()
+            time.sleep(1.0)
+        pid_file = self.dir / "pid"
+        self._pid = int(pid_file.read_text().strip()) if pid_file.exists() else None
+        return self
+
+    def _boot(self) -> int | None:
+        """Start rabbitmq-server and wait until it accepts AMQP: None, or its exit code if it exits first."""
         (self.dir / "pid").unlink(missing_ok=True)
         with open(self.dir / "server.log", "ab") as out:  # the child keeps its own copy of the descriptor
             self._proc = subprocess.Popen(
@@ -69,13 +90,11 @@ class PrivateBroker:
         deadline = time.monotonic() + self.start_timeout_s
         while not self.accepting():
             if self._proc.poll() is not None:
-                raise RuntimeError(f"rabbitmq-server exited ({self._proc.returncode}); see {self.dir}/server.log")
+                return self._proc.returncode
             if time.monotonic() > deadline:
                 raise TimeoutError(f"private broker not up within {self.start_timeout_s:g} s; see {self.dir}")
             time.sleep(0.2)
-        pid_file = self.dir / "pid"
-        self._pid = int(pid_file.read_text().strip()) if pid_file.exists() else None
-        return self
+        return None
 
     @property
     def pid(self) -> int | None:
