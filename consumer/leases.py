@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
+
+_TICKET_MEMORY = 100_000  # ticket ids remembered (abandoned, or a lease was ended for them), at most
+
+
+def remember(seen: OrderedDict[str, None], ticket_id: str) -> None:
+    """Add to a bounded memory of ticket ids (the oldest forgotten first)."""
+    seen[ticket_id] = None
+    while len(seen) > _TICKET_MEMORY:
+        seen.popitem(last=False)
 
 
 @dataclass(slots=True)
@@ -24,6 +34,7 @@ class LeaseTable:
         self.ttl_s = ttl_s
         self._clock = clock
         self._leases: dict[str, Lease] = {}
+        self._tickets: dict[str, int] = {}  # ticket id -> its leases (two when a redelivered ticket is granted again)
         self.preemptible = 0  # how many of the leases are preemptible
 
     def __len__(self) -> int:
@@ -35,12 +46,13 @@ class LeaseTable:
         now = self._clock()
         lease = Lease(uuid.uuid4().hex, ticket_id, now, now + self.ttl_s, priority, preemptible, reply_to, node)
         self._leases[lease.id] = lease
+        self._tickets[ticket_id] = self._tickets.get(ticket_id, 0) + 1
         if preemptible:
             self.preemptible += 1
         return lease
 
     def holds_ticket(self, ticket_id: str) -> bool:
-        return any(lease.ticket_id == ticket_id for lease in self._leases.values())
+        return ticket_id in self._tickets
 
     def victim(self, below_priority: int) -> Lease | None:
         """The lease to end for a ticket of `below_priority`: the preemptible one of a lower priority
@@ -51,8 +63,13 @@ class LeaseTable:
     def release(self, lease_id: str) -> Lease | None:
         """The lease, or None when it was unknown (already released, expired, or another replica's)."""
         lease = self._leases.pop(lease_id, None)
-        if lease is not None and lease.preemptible:
+        if lease is None:
+            return None
+        if lease.preemptible:
             self.preemptible -= 1
+        held = self._tickets.pop(lease.ticket_id) - 1
+        if held:
+            self._tickets[lease.ticket_id] = held
         return lease
 
     def renew(self, lease_id: str) -> bool:

@@ -19,9 +19,10 @@ from collections import OrderedDict
 from aio_pika.abc import AbstractIncomingMessage
 from aiormq.abc import DeliveredMessage
 
-from consumer.leases import Lease, LeaseTable
+from consumer.leases import LeaseTable, remember
 from consumer.metrics import ConsumerMetrics
-from consumer.policy import Decision, Limits, Reason, Snapshot, decide, preemption_helps
+from consumer.policy import Decision, Limits, Reason, Snapshot, decide
+from consumer.preemption import Preemption, tell_holder
 from consumer.settings import ConsumerSettings
 from consumer.topology import Pull, Topology
 from consumer.watcher import VllmWatcher
@@ -33,7 +34,6 @@ from llm_dispatcher.protocol import (
     Grant,
     Heartbeat,
     Preempt,
-    Preempted,
     Release,
     Releases,
     Renew,
@@ -42,15 +42,6 @@ from llm_dispatcher.protocol import (
 from llm_dispatcher.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
-
-_CANCELLED_MEMORY = 100_000  # ticket ids remembered as abandoned (bounded)
-
-
-def remember(seen: OrderedDict[str, None], ticket_id: str) -> None:
-    """Add to a bounded memory of ticket ids (the oldest forgotten first)."""
-    seen[ticket_id] = None
-    while len(seen) > _CANCELLED_MEMORY:
-        seen.popitem(last=False)
 
 
 class Consumer:
@@ -84,7 +75,7 @@ class Consumer:
         self._epoch = 0  # bumped on every broker reconnect (and node loss), announced in heartbeats
         self._heartbeat_now = asyncio.Event()
         self._cancelled: OrderedDict[str, None] = OrderedDict()
-        self._preempted_for: OrderedDict[str, None] = OrderedDict()  # tickets a lease was ended for
+        self.preemption = Preemption(settings.preempt_batch, self.leases, self.limits)
         self._gate_lock = asyncio.Lock()
         self._gate_wakeup = asyncio.Event()
         self._tasks = BackgroundTasks("consumer")
@@ -312,33 +303,45 @@ class Consumer:
             m.dropped.labels(*lab, "malformed").inc()
             await channel.basic_reject(tag, requeue=False)
             return
-        if ticket.id in self._cancelled:
-            m.dropped.labels(*lab, "cancelled").inc()
+        stale = self._stale(ticket)
+        if stale is not None:
+            m.dropped.labels(*lab, stale).inc()
             await channel.basic_ack(tag)
             return
-        if ticket.expired():
-            m.dropped.labels(*lab, "expired").inc()
-            await channel.basic_ack(tag)
-            return
-        decision = self.decide(ticket.priority)
-        m.decisions.labels(*lab, decision.reason.value).inc()
-        if decision.reason is Reason.RESERVED:
-            recheck = min(0.2, self.settings.scrape_interval_s)
-            self._hold_until = time.monotonic() + recheck
-            asyncio.get_running_loop().call_later(recheck, self.poke)
-        if not decision.admit:
+        if not self._admits(ticket):
             # Stop the broker pushing more, then hand this one back: it keeps its place in the queue.
             await self._set_pulling(False)
             await channel.basic_nack(tag, requeue=True)
             m.returned.labels(*lab).inc()
             self.poke()
             return
+        await self._grant(ticket, message, pull)
+
+    def _stale(self, ticket: Ticket) -> str | None:
+        """Why a ticket is dropped unserved ("cancelled": its sender gave up; "expired"), or None."""
+        if ticket.id in self._cancelled:
+            return "cancelled"
+        if ticket.expired():
+            return "expired"
+        return None
+
+    def _admits(self, ticket: Ticket) -> bool:
+        decision = self.decide(ticket.priority)
+        self.metrics.decisions.labels(*self.labels, decision.reason.value).inc()
+        if decision.reason is Reason.RESERVED:
+            recheck = min(0.2, self.settings.scrape_interval_s)
+            self._hold_until = time.monotonic() + recheck
+            asyncio.get_running_loop().call_later(recheck, self.poke)
+        return decision.admit
+
+    async def _grant(self, ticket: Ticket, message: DeliveredMessage, pull: Pull) -> None:
+        """Lease a slot, publish the grant to the ticket's sender, then ack the ticket (a crash in
+        between redelivers it, and the sender releases the grant it no longer waits for)."""
+        m, lab = self.metrics, self.labels
+        tag: int = message.delivery.delivery_tag  # type: ignore[union-attr,assignment]
+        reply_to = message.header.properties.reply_to or ""
         lease = self.leases.grant(
-            ticket.id,
-            ticket.priority,
-            preemptible=ticket.preemptible,
-            reply_to=message.header.properties.reply_to or "",
-            node=pull.node.index,
+            ticket.id, ticket.priority, preemptible=ticket.preemptible, reply_to=reply_to, node=pull.node.index
         )
         if ticket.preemptible and self.leases.preemptible == 1:
             self._heartbeat_now.set()  # senders ask only replicas that say they hold preemptible leases
@@ -355,16 +358,14 @@ class Consumer:
             lease_ttl_s=self.settings.lease_ttl_s,
         )
         try:
-            await pull.link.publish(
-                message.header.properties.reply_to or "", grant.dumps(), correlation_id=ticket.id, mandatory=True
-            )
+            await pull.link.publish(reply_to, grant.dumps(), correlation_id=ticket.id, mandatory=True)
         except Exception:
             log.exception("could not send grant; ticket goes back to the queue", extra={"ticket_id": ticket.id})
             self._end_lease(lease.id, "grant_failed")
             with contextlib.suppress(Exception):
-                await channel.basic_nack(tag, requeue=True)
+                await message.channel.basic_nack(tag, requeue=True)
             return
-        await channel.basic_ack(tag)
+        await message.channel.basic_ack(tag)
         m.grants.labels(*lab).inc()
         log.debug(
             "granted %s (lease %s)",
@@ -406,20 +407,13 @@ class Consumer:
             log.exception("bad control message dropped")
 
     def _preempt(self, request: Preempt) -> None:
-        """A ticket of `request.priority` waits somewhere: if only full slots keep this replica from
-        taking it, end the batch line of a lower priority granted last. Its sender aborts it (vLLM
-        drops the sequence) and runs it again later; the freed slot pulls the head of the queue,
-        which is that ticket or one of a higher priority. At most one lease per waiting ticket."""
-        if not self.settings.preempt_batch or request.ticket_id in self._preempted_for:
+        """A ticket of `request.priority` waits somewhere: end a batch line here if that lets it in
+        (consumer/preemption.py)."""
+        if request.ticket_id in self._cancelled:
             return
-        if request.ticket_id in self._cancelled or not preemption_helps(self.snapshot(), self.limits, request.priority):
-            return
-        if self.leases.holds_ticket(request.ticket_id):
-            return  # granted here while the ask was on its way
-        victim = self.leases.victim(request.priority)
+        victim = self.preemption.victim_for(request, self.snapshot())
         if victim is None:
             return
-        remember(self._preempted_for, request.ticket_id)
         self._end_lease(victim.id, "preempted")
         log.info(
             "lease %s (priority %d) ended for ticket %s (priority %d)",
@@ -429,19 +423,7 @@ class Consumer:
             request.priority,
             extra={"lease_id": victim.id, "ticket_id": request.ticket_id},
         )
-        self._tasks.spawn(self._tell_preempted(victim), "preempted")
-
-    async def _tell_preempted(self, lease: Lease) -> None:
-        pull = self.pulls[lease.node] if lease.node < len(self.pulls) else None
-        if pull is None or not pull.usable or not lease.reply_to:
-            return  # the holder's node is gone: it finishes the line, and its release finds no lease
-        with contextlib.suppress(Exception):
-            await pull.link.publish(
-                lease.reply_to,
-                Preempted(lease.id, lease.ticket_id).dumps(),
-                correlation_id=lease.ticket_id,
-                message_type="preempted",
-            )
+        self._tasks.spawn(tell_holder(self.pulls, victim), "preempted")
 
     def _end_lease(self, lease_id: str, reason: str) -> None:
         if self.leases.release(lease_id) is None:

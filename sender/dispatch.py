@@ -29,7 +29,6 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable
 
 from aio_pika.abc import AbstractIncomingMessage
 from aiormq.abc import DeliveredMessage
@@ -37,10 +36,11 @@ from aiormq.abc import DeliveredMessage
 from llm_dispatcher import amqp, protocol
 from llm_dispatcher.errors import BrokerUnavailableError, QueueTimeoutError
 from llm_dispatcher.nodes import Node, Nodes, broker_urls
-from llm_dispatcher.protocol import Cancel, Grant, Heartbeat, Preempt, Preempted, Renew, Ticket
+from llm_dispatcher.protocol import Cancel, Grant, Heartbeat, Renew, Ticket
 from llm_dispatcher.tasks import BackgroundTasks
 from sender.fairness import broker_priority
 from sender.metrics import SenderMetrics
+from sender.preemption import Preemption
 from sender.registry import Registry
 from sender.releases import LeaseReleases
 from sender.settings import SenderSettings
@@ -56,7 +56,7 @@ class Waiter:
     ticket: Ticket
     node: int
     sub: int
-    asks: int = 0  # how often it asked a replica to make room (see Dispatcher._ask_for_room)
+    asks: int = 0  # how often it asked a replica to make room (sender/preemption.py)
     timer: asyncio.TimerHandle | None = None  # the next time it asks
 
 
@@ -83,9 +83,6 @@ class Dispatcher:
         # model -> (monotonic time, depth, this sender's batch tickets published before that reading)
         self._depth_seen: dict[str, tuple[float, int, int]] = {}
         self._held: dict[str, tuple[Grant, int]] = {}  # lease id -> grant and its node, while proxied
-        self._preemptions: dict[str, Callable[[], None]] = {}  # lease id -> what aborts its batch line
-        self._preempted_early: dict[str, None] = {}  # ended before its line said how to abort it (bounded)
-        self._preemptible: dict[str, set[str]] = {}  # model -> consumers (URL) holding batch lines, by heartbeat
         self._renewed: dict[str, float] = {}  # lease id -> when it was granted or last renewed
         self._renew_period = 1.0  # at most a sixth of the shortest lease TTL seen
         self._renew_wakeup = asyncio.Event()
@@ -94,6 +91,9 @@ class Dispatcher:
         self._epochs: dict[str, int] = {}
         self._controls: dict[str, list[str]] = {}
         self._shapes: dict[tuple[str, int], amqp.QueueShape] = {}  # (model, node) -> its queue's shape
+        self.preemption = Preemption(
+            settings.preempt_after_s, self._control_route, self._held.__contains__, self._tasks
+        )
 
     @classmethod
     async def create(cls, settings: SenderSettings, registry: Registry, metrics: SenderMetrics) -> Dispatcher:
@@ -281,7 +281,7 @@ class Dispatcher:
             for model in self.registry.model_names():  # configured or seen: 0 once the last replica is gone
                 live = self.registry.live(model)
                 self.metrics.replicas_live.labels(model).set(len(live))
-                self._preemptible.get(model, set()).intersection_update(hb.url for hb in live)
+                self.preemption.keep_only(model, {hb.url for hb in live})
 
     # -- tickets and grants --------------------------------------------------------------------
     async def acquire(
@@ -311,7 +311,7 @@ class Dispatcher:
         try:
             await self._publish_first(waiter, timeout)
             if not batch and self.settings.preempt_after_s > 0:
-                self._ask_later(waiter)
+                self.preemption.ask_later(waiter)
             return await asyncio.wait_for(waiter.fut, timeout)
         except TimeoutError:
             self._abandon(waiter)
@@ -361,62 +361,6 @@ class Dispatcher:
             expiration_s=ttl_s,
         )
 
-    # -- batch lines make room for waiting requests ---------------------------------------------
-    def _ask_later(self, waiter: Waiter, period: float | None = None) -> None:
-        loop = asyncio.get_running_loop()
-        waiter.timer = loop.call_later(period or self.settings.preempt_after_s, self._ask_for_room, waiter)
-
-    def _ask_for_room(self, waiter: Waiter) -> None:
-        """The request has waited `preempt_after_s` (again): ask one replica whose slots batch lines
-        hold to end one for it (the replica decides; it ends at most one lease per ticket). Each ask
-        goes to the next such replica, so a replica that could not help is not asked twice in a row."""
-        if waiter.fut.done():
-            return
-        ticket = waiter.ticket
-        holders = self._preemptible.get(ticket.model)
-        if not holders:  # no batch line runs there: look again less often (cheap under overload)
-            self._ask_later(waiter, 10 * self.settings.preempt_after_s)
-            return
-        candidates = sorted(holders)
-        route = self._control_route(candidates[waiter.asks % len(candidates)])
-        if route is not None:
-            waiter.asks += 1
-            self._tasks.spawn(self._publish_preempt(ticket, *route), "preempt")
-        self._ask_later(waiter)
-
-    async def _publish_preempt(self, ticket: Ticket, node: Node, control: str) -> None:
-        assert node.link is not None
-        with contextlib.suppress(BrokerUnavailableError):
-            await node.link.publish(
-                control,
-                Preempt(ticket.id, ticket.priority).dumps(),
-                message_type="preempt",
-                expiration_s=max(1.0, 10 * self.settings.preempt_after_s),  # stale asks are not acted on
-            )
-
-    def when_preempted(self, lease_id: str, abort: Callable[[], None] | None) -> None:
-        """Call `abort` if the replica ends this (batch line's) lease for a higher-priority request, at
-        once if it did so already (the notice may come right after the grant); None: no longer."""
-        if abort is None:
-            self._preemptions.pop(lease_id, None)
-        elif lease_id in self._preempted_early:
-            del self._preempted_early[lease_id]
-            abort()
-        else:
-            self._preemptions[lease_id] = abort
-
-    def _on_preempted(self, body: bytes) -> None:
-        notice = amqp.decode(Preempted, body, "preempted")
-        if notice is None:
-            return
-        abort = self._preemptions.pop(notice.lease_id, None)
-        if abort is not None:
-            abort()
-        elif notice.lease_id in self._held:  # granted, its line not relaying yet: it aborts when it starts
-            if len(self._preempted_early) >= 10_000:
-                self._preempted_early.clear()
-            self._preempted_early[notice.lease_id] = None
-
     def _abandon(self, waiter: Waiter) -> None:
         """Tell every consumer to drop this ticket if they see it (fire and forget)."""
         node: Node | None = self.nodes.nodes[waiter.node]
@@ -437,7 +381,7 @@ class Dispatcher:
 
     async def _on_grant(self, message: DeliveredMessage, node: Node) -> None:
         if message.header.properties.message_type == "preempted":
-            self._on_preempted(message.body)
+            self.preemption.on_notice(message.body)
             return
         grant = amqp.decode(Grant, message.body, "grant")
         if grant is None:
@@ -458,7 +402,7 @@ class Dispatcher:
 
     async def release(self, grant: Grant, status: int, reason: str) -> None:
         held = self._held.pop(grant.lease_id, None)
-        self._preempted_early.pop(grant.lease_id, None)
+        self.preemption.forget(grant.lease_id)
         await self.releases.send(grant, held[1] if held else 0, status, reason)
 
     def _route(self, grant: Grant, node: int) -> tuple[Node, str] | None:
@@ -514,11 +458,7 @@ class Dispatcher:
         if hb is None:
             return
         self.registry.update(hb)
-        holders = self._preemptible.setdefault(hb.model, set())
-        if hb.ready and hb.preemptible > 0 and hb.v >= protocol.PREEMPT_SINCE:
-            holders.add(hb.url)
-        else:
-            holders.discard(hb.url)
+        self.preemption.heard(hb)
         controls = self._controls[hb.url] = hb.controls or [hb.control]  # protocol 2: node 0 only
         for control in controls:  # this consumer's own queues: a replica's URL outlives its consumers
             if control:

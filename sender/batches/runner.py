@@ -262,7 +262,7 @@ class BatchRunner:
             preempted = True
             relay.cancel()
 
-        self.ctx.dispatcher.when_preempted(lease_id, preempt)
+        self.ctx.dispatcher.preemption.when_preempted(lease_id, preempt)
         try:
             await relay
         except asyncio.CancelledError:
@@ -271,7 +271,7 @@ class BatchRunner:
                 raise LinePreempted() from None
             raise
         finally:
-            self.ctx.dispatcher.when_preempted(lease_id, None)
+            self.ctx.dispatcher.preemption.when_preempted(lease_id, None)
 
     def _line_done(self, key: tuple[str, int], _task: asyncio.Task) -> None:
         self._running.pop(key, None)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from consumer.leases import LeaseTable
-from llm_dispatcher.protocol import Grant, Heartbeat, Ticket, clamp_priority
+from consumer.policy import Limits, Snapshot
+from consumer.preemption import Preemption
+from llm_dispatcher.protocol import Grant, Heartbeat, Preempt, Ticket, clamp_priority
 
 
 def test_each_grant_is_one_lease_and_release_is_exactly_once():
@@ -45,6 +47,44 @@ def test_the_lease_ended_for_a_higher_ticket_is_the_lowest_priority_batch_line_g
     table.release(mid.id)
     assert table.victim(below_priority=8) is None  # an interactive lease is never a victim
     assert table.preemptible == 0 and len(table) == 1 and interactive.id
+
+
+def test_a_ticket_is_held_until_its_last_lease_ends_even_when_granted_twice():
+    table = LeaseTable(ttl_s=60)
+    first, again = table.grant("t"), table.grant("t")  # a redelivered ticket granted a second time
+    assert table.holds_ticket("t") and not table.holds_ticket("other")
+    table.release(first.id)
+    assert table.holds_ticket("t")
+    table.release(again.id)
+    assert not table.holds_ticket("t")
+
+
+def full(table: LeaseTable) -> Snapshot:
+    return Snapshot(healthy=True, in_flight=len(table), metrics_fresh=True, running=len(table), waiting=0)
+
+
+def test_a_replica_ends_at_most_one_batch_line_per_waiting_ticket_and_only_when_it_lets_the_ticket_in():
+    table, limits = LeaseTable(ttl_s=60), Limits(max_concurrency=2)
+    table.grant("chat", 8)
+    line = table.grant("b1", 1, preemptible=True)
+    preemption = Preemption(True, table, limits)
+    assert preemption.victim_for(Preempt("t", 1), full(table)) is None  # not above the batch line
+    assert preemption.victim_for(Preempt("t", 8), full(table)) is line
+    table.release(line.id)
+    table.grant("b2", 1, preemptible=True)
+    assert preemption.victim_for(Preempt("t", 8), full(table)) is None  # served once already
+    room = Snapshot(healthy=True, in_flight=1, metrics_fresh=True)
+    assert preemption.victim_for(Preempt("u", 8), room) is None  # a free slot: nothing to end
+    sick = Snapshot(healthy=False, in_flight=2, metrics_fresh=True)
+    assert preemption.victim_for(Preempt("u", 8), sick) is None  # ending one would not let it in
+    assert Preemption(False, table, limits).victim_for(Preempt("u", 8), full(table)) is None  # turned off
+
+
+def test_no_batch_line_is_ended_for_a_ticket_this_replica_granted_already():
+    table = LeaseTable(ttl_s=60)
+    table.grant("b1", 1, preemptible=True)
+    table.grant("t", 8)
+    assert Preemption(True, table, Limits(max_concurrency=2)).victim_for(Preempt("t", 8), full(table)) is None
 
 
 def test_expiry_keeps_the_count_of_preemptible_leases():
