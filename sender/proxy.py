@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 
 from sender.settings import SenderSettings
@@ -70,3 +72,38 @@ def relayed_headers(upstream: aiohttp.ClientResponse, drop_length: bool) -> list
             continue
         out.append((name, v))
     return out
+
+
+class StreamWatchdog:
+    """The read timeout between the chunks of a stream, checked every quarter of it: a stream that
+    sends nothing for `timeout_s` fails as aiohttp's own read timeout (`sock_read`) fails it, with
+    SocketTimeoutError, after `timeout_s` to 1.25 `timeout_s` of silence. aiohttp re-arms a timer on
+    every chunk it reads, about a tenth of the sender's CPU per relayed event; so once the response's
+    headers are in (their wait stays aiohttp's), its timer is turned off for this response and the
+    relay counts chunks in `chunks` instead."""
+
+    def __init__(self, response: aiohttp.ClientResponse, timeout_s: float):
+        self.chunks = 0
+        self._response = response
+        self._timeout_s = timeout_s
+        self._period = timeout_s / 4
+        self._seen = 0
+        self._quiet = 0.0
+        connection = response.connection
+        if connection is not None and connection.protocol is not None:
+            connection.protocol.read_timeout = None  # for this response only: the next request sets its own
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_later(self._period, self._check)
+
+    def _check(self) -> None:
+        if self.chunks != self._seen:
+            self._seen, self._quiet = self.chunks, 0.0
+        else:
+            self._quiet += self._period
+            if self._quiet >= self._timeout_s:
+                self._response.content.set_exception(aiohttp.SocketTimeoutError("Timeout on reading data from socket"))
+                return
+        self._handle = self._loop.call_later(self._period, self._check)
+
+    def close(self) -> None:
+        self._handle.cancel()

@@ -294,7 +294,9 @@ async def relay(
                 + rate_headers(outcome),
             }
         )
-        await relay_body(upstream, send, outcome, ctx.metrics.ttfb.labels(admission.model), event_filter, tail, sse)
+        ttfb = ctx.metrics.ttfb.labels(admission.model)
+        read_timeout_s = ctx.settings.upstream_read_timeout_s
+        await relay_body(upstream, send, outcome, ttfb, event_filter, tail, sse, read_timeout_s)
     except (TimeoutError, aiohttp.ClientError) as exc:
         # Headers are gone already: a stream ends with an error event and [DONE], as vLLM ends one whose
         # engine failed, so that the client reads a clear error; any other body can only be cut short.
@@ -342,21 +344,29 @@ async def relay_body(
     event_filter: UsageEventFilter | None,
     tail: Tail,
     sse: bool,
+    read_timeout_s: float,
 ) -> None:
     """The response body, chunk by chunk as it arrives (the usage event we added taken out of a stream)."""
-    async for chunk in upstream.content.iter_any():
-        if outcome.ttfb_s is None:
-            outcome.ttfb_s = time.perf_counter() - outcome.started
-            ttfb.observe(outcome.ttfb_s)
-        if event_filter is not None:
-            chunk = event_filter.feed(chunk)
-            if not chunk:
-                continue
-        else:
-            tail.add(chunk)
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        if sse and chunk.rstrip().endswith(b"data: [DONE]"):
-            outcome.delivered = True
+    watchdog = proxy.StreamWatchdog(upstream, read_timeout_s) if sse else None
+    try:
+        async for chunk in upstream.content.iter_any():
+            if watchdog is not None:
+                watchdog.chunks += 1
+            if outcome.ttfb_s is None:
+                outcome.ttfb_s = time.perf_counter() - outcome.started
+                ttfb.observe(outcome.ttfb_s)
+            if event_filter is not None:
+                chunk = event_filter.feed(chunk)
+                if not chunk:
+                    continue
+            else:
+                tail.add(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if sse and chunk.rstrip().endswith(b"data: [DONE]"):
+                outcome.delivered = True
+    finally:
+        if watchdog is not None:
+            watchdog.close()
     rest = event_filter.flush() if event_filter is not None else b""
     await send({"type": "http.response.body", "body": rest, "more_body": False})
 

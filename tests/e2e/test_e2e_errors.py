@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import httpx
 import openai
@@ -189,3 +190,41 @@ def test_a_vllm_that_drops_mid_stream_ends_the_stream_with_an_error_event_and_th
 def test_400_for_a_priority_header_that_is_not_an_integer(sim_stack):
     err = assert_error(post(sim_stack, headers={"x-priority": "high"}), 400, "invalid_request_error")
     assert err["param"] == "X-Priority"
+
+
+def stream_body(max_tokens: int) -> dict:
+    return {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": max_tokens, "stream": True}
+
+
+def test_a_stream_that_goes_silent_longer_than_the_read_timeout_ends_with_an_error_event(stack_factory):
+    s = stack_factory(usage_flush_interval_s=0.1, upstream_read_timeout_s=0.4)
+    sim = s.add_sim(model="m", itl_base=0.02)
+    s.add_consumer("m", sim)
+    token = s.create_token("t", priority=5, threshold=10)
+    s.wait_models({"m"}, token)
+    headers = {"authorization": f"Bearer {token}"}
+    with httpx.stream("POST", s.base_url + "/chat/completions", json=stream_body(200), headers=headers) as r:
+        chunks = r.iter_bytes()
+        first = next(chunks)
+        assert httpx.post(sim + "/sim/config", json={"itl_base": 30}).status_code == 200  # vLLM stalls
+        stalled = time.monotonic()
+        raw = first + b"".join(chunks)
+        silent_for = time.monotonic() - stalled
+    assert raw.endswith(b"data: [DONE]\n\n") and b'"code":"upstream_disconnected"' in raw
+    assert 0.4 <= silent_for < 2.0  # cut after 0.4-0.5 s of silence (and the step that was running)
+    s.wait_idle()
+    assert [r["status"] for r in s.usage_rows(1)] == [502]
+
+
+def test_a_stream_whose_gaps_stay_under_the_read_timeout_runs_longer_than_it_to_its_end(stack_factory):
+    s = stack_factory(upstream_read_timeout_s=0.4)
+    sim = s.add_sim(model="m", itl_base=0.15)  # 12 tokens: ~1.8 s in all, 0.15 s between chunks
+    s.add_consumer("m", sim)
+    token = s.create_token("t", priority=5, threshold=10)
+    s.wait_models({"m"}, token)
+    c = openai.OpenAI(base_url=s.base_url, api_key=token, max_retries=0)
+    started = time.monotonic()
+    events = list(c.chat.completions.create(**stream_body(12)))
+    assert time.monotonic() - started > 1.2
+    assert sum(1 for e in events if e.choices and e.choices[0].delta.content) == 12
+    s.wait_idle()
