@@ -79,8 +79,11 @@ async def measure_itl(sim, concurrency: int) -> float:
 async def test_inter_token_latency_grows_with_batch_size(sim_factory):
     alone = await measure_itl(sim_factory(itl_base=0.004, itl_per_seq=0.006, max_num_seqs=8), 1)
     batched = await measure_itl(sim_factory(itl_base=0.004, itl_per_seq=0.006, max_num_seqs=8), 6)
-    assert alone == pytest.approx(0.010, rel=0.5)
-    assert batched == pytest.approx(0.040, rel=0.3)
+    # The model's step: 4 ms + 6 ms per sequence, so 10 ms alone and 40 ms for six. A loaded machine only
+    # makes steps longer (the simulator's own work for six responses is in each one), hence the wider
+    # upper bounds; the lower bounds and the ratio are what show the batch's cost.
+    assert 0.005 <= alone < 0.025
+    assert 0.028 <= batched < 0.080
     assert batched > 2.5 * alone
 
 
