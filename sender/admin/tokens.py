@@ -72,6 +72,11 @@ def checked_changes(body: TokenUpdate) -> dict:
 
 
 def add_token_routes(router: APIRouter, get_ctx: Callable[[], SenderContext]) -> None:
+    add_token_reads(router, get_ctx)
+    add_token_writes(router, get_ctx)
+
+
+def add_token_reads(router: APIRouter, get_ctx: Callable[[], SenderContext]) -> None:
     @router.get("/tokens", summary="List tokens", response_model=TokenList)
     async def list_tokens(
         limit: int = Query(20, ge=1, le=MAX_PAGE, description="Tokens per page"),
@@ -88,6 +93,18 @@ def add_token_routes(router: APIRouter, get_ctx: Callable[[], SenderContext]) ->
             }
         )
 
+    @router.get(
+        "/tokens/{name}", summary="Get a token", response_model=Token, responses={404: {"description": "No such token"}}
+    )
+    async def get_token(name: str) -> JSON:
+        try:
+            record = await get_ctx().store.get_token(name)
+        except TokenNotFoundError:
+            raise _no_token(name) from None
+        return JSON(token_json(record))
+
+
+def add_token_writes(router: APIRouter, get_ctx: Callable[[], SenderContext]) -> None:
     @router.post(
         "/tokens",
         summary="Create a token (its value is returned this once)",
@@ -116,16 +133,6 @@ def add_token_routes(router: APIRouter, get_ctx: Callable[[], SenderContext]) ->
         except ValueError as exc:
             raise InvalidRequestError(str(exc)) from None
         return JSON({"token": token_json(record), "key": key}, status_code=201)
-
-    @router.get(
-        "/tokens/{name}", summary="Get a token", response_model=Token, responses={404: {"description": "No such token"}}
-    )
-    async def get_token(name: str) -> JSON:
-        try:
-            record = await get_ctx().store.get_token(name)
-        except TokenNotFoundError:
-            raise _no_token(name) from None
-        return JSON(token_json(record))
 
     @router.patch(
         "/tokens/{name}",
