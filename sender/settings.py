@@ -47,7 +47,9 @@ class SenderSettings(CommonSettings):
     token_cache_ttl_s: float = Field(10.0, ge=0, description="How long a token lookup is cached (revocation delay)")
     heartbeat_ttl_s: float = Field(5.0, gt=0, description="A replica is live while its last heartbeat is younger")
     upstream_connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout to vLLM")
-    upstream_read_timeout_s: float = Field(600.0, gt=0, description="Read timeout between bytes from vLLM")
+    upstream_read_timeout_s: float = Field(
+        600.0, gt=0, description="Read timeout between bytes from vLLM (a stream: checked every quarter of it)"
+    )
     upstream_max_connections: int = Field(1000, gt=0, description="Pooled connections to all replicas")
     usage_flush_interval_s: float = Field(1.0, gt=0, description="Usage records are written in batches this often")
     access_log: bool = Field(True, description="One structured log line per proxied request")
