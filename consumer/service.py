@@ -315,7 +315,7 @@ class Consumer:
             m.returned.labels(*lab).inc()
             self.poke()
             return
-        await self._grant(ticket, message, pull)
+        await self._grant(ticket, message, tag, pull)
 
     def _stale(self, ticket: Ticket) -> str | None:
         """Why a ticket is dropped unserved ("cancelled": its sender gave up; "expired"), or None."""
@@ -334,11 +334,10 @@ class Consumer:
             asyncio.get_running_loop().call_later(recheck, self.poke)
         return decision.admit
 
-    async def _grant(self, ticket: Ticket, message: DeliveredMessage, pull: Pull) -> None:
+    async def _grant(self, ticket: Ticket, message: DeliveredMessage, tag: int, pull: Pull) -> None:
         """Lease a slot, publish the grant to the ticket's sender, then ack the ticket (a crash in
         between redelivers it, and the sender releases the grant it no longer waits for)."""
         m, lab = self.metrics, self.labels
-        tag: int = message.delivery.delivery_tag  # type: ignore[union-attr,assignment]
         reply_to = message.header.properties.reply_to or ""
         lease = self.leases.grant(
             ticket.id, ticket.priority, preemptible=ticket.preemptible, reply_to=reply_to, node=pull.node.index

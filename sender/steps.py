@@ -285,6 +285,7 @@ async def relay(
     sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
     event_filter = UsageEventFilter() if request.strip_usage and sse else None
     tail = Tail()
+    watchdog = proxy.StreamWatchdog(upstream, ctx.settings.upstream_read_timeout_s) if sse else None
     try:
         await send(
             {
@@ -295,8 +296,7 @@ async def relay(
             }
         )
         ttfb = ctx.metrics.ttfb.labels(admission.model)
-        read_timeout_s = ctx.settings.upstream_read_timeout_s
-        await relay_body(upstream, send, outcome, ttfb, event_filter, tail, sse, read_timeout_s)
+        await relay_body(upstream, send, outcome, ttfb, event_filter, tail, sse, watchdog)
     except (TimeoutError, aiohttp.ClientError) as exc:
         # Headers are gone already: a stream ends with an error event and [DONE], as vLLM ends one whose
         # engine failed, so that the client reads a clear error; any other body can only be cut short.
@@ -307,6 +307,8 @@ async def relay(
                 await send({"type": "http.response.body", "body": STREAM_LOST_EVENT, "more_body": False})
         raise UpstreamBroken() from exc
     finally:
+        if watchdog is not None:
+            watchdog.close()
         upstream.release()
         # However the relay ended: a client that hangs up right after the last event (before vLLM's
         # connection closed) has still been served, and its tokens are counted.
@@ -344,29 +346,24 @@ async def relay_body(
     event_filter: UsageEventFilter | None,
     tail: Tail,
     sse: bool,
-    read_timeout_s: float,
+    watchdog: proxy.StreamWatchdog | None,
 ) -> None:
     """The response body, chunk by chunk as it arrives (the usage event we added taken out of a stream)."""
-    watchdog = proxy.StreamWatchdog(upstream, read_timeout_s) if sse else None
-    try:
-        async for chunk in upstream.content.iter_any():
-            if watchdog is not None:
-                watchdog.chunks += 1
-            if outcome.ttfb_s is None:
-                outcome.ttfb_s = time.perf_counter() - outcome.started
-                ttfb.observe(outcome.ttfb_s)
-            if event_filter is not None:
-                chunk = event_filter.feed(chunk)
-                if not chunk:
-                    continue
-            else:
-                tail.add(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if sse and chunk.rstrip().endswith(b"data: [DONE]"):
-                outcome.delivered = True
-    finally:
+    async for chunk in upstream.content.iter_any():
         if watchdog is not None:
-            watchdog.close()
+            watchdog.chunks += 1
+        if outcome.ttfb_s is None:
+            outcome.ttfb_s = time.perf_counter() - outcome.started
+            ttfb.observe(outcome.ttfb_s)
+        if event_filter is not None:
+            chunk = event_filter.feed(chunk)
+            if not chunk:
+                continue
+        else:
+            tail.add(chunk)
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if sse and chunk.rstrip().endswith(b"data: [DONE]"):
+            outcome.delivered = True
     rest = event_filter.flush() if event_filter is not None else b""
     await send({"type": "http.response.body", "body": rest, "more_body": False})
 
